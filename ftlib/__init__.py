@@ -1,0 +1,47 @@
+"""ftlib: learn and do LLM fine-tuning.
+
+The whole path in six calls:
+
+    >>> from ftlib import load_model, add_lora, format_dataset, train, generate, save
+    >>> model, tokenizer = load_model("ftlib-tiny")
+    >>> model = add_lora(model)
+    >>> history = train(model, tokenizer, format_dataset(rows, tokenizer))
+    >>> generate(model, tokenizer, "Does this headline ...?")
+    >>> save(model, tokenizer, "my-adapter")
+
+Names are imported on first use, so `import ftlib` stays quick and works before torch is needed.
+"""
+
+import importlib
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS = {
+    "load_model": "ftlib.models",
+    "add_lora": "ftlib.lora",
+    "format_dataset": "ftlib.data",
+    "train": "ftlib.training",
+    "generate": "ftlib.generation",
+    "chat": "ftlib.generation",
+    "save": "ftlib.saving",
+    "evaluate": "ftlib.evaluation",
+    "diagnose": "ftlib.evaluation",
+    "estimate_memory": "ftlib.memory",
+    "TrainingHistory": "ftlib.history",
+    "FtlibError": "ftlib.errors",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'ftlib' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

@@ -1,0 +1,183 @@
+"""Speed and memory options that keep the math: applied by load_model, add_lora and train.
+
+Every option here changes how the numbers are computed, never which numbers: on the same batch the loss
+matches the plain recipe within bf16 rounding (tests/test_acceleration.py checks the ones that exist on
+a CPU; benchmarks/run.py checks the rest on a GPU). Options that need a GPU switch themselves off
+elsewhere, silently, so the same notebook runs on a laptop and on Colab.
+
+What ftlib does on a CUDA GPU, and why:
+
+- Liger kernels (RMSNorm, SwiGLU, RoPE): one fused Triton kernel instead of several PyTorch ops, so
+  fewer passes over the activations. The fused loss head comes from TRL's trainer, which never builds
+  the (batch, length, vocabulary) logits.
+- Norms and embeddings stay in the compute dtype: the usual `prepare_model_for_kbit_training` casts
+  them to float32, which costs memory and an extra cast in every layer and changes nothing a LoRA
+  adapter learns.
+- Non-reentrant gradient checkpointing (works with a frozen embedding layer, no float32 inputs needed),
+  or "offload": the same, with the saved layer inputs parked in CPU memory until the backward pass.
+- Padding-free batching: sequences of a batch are laid end to end instead of padded to the longest,
+  so no compute is spent on padding (the attention mask keeps them apart).
+- 8-bit AdamW: optimizer state in 2 bytes per trainable number instead of 8.
+
+Set the environment variable FTLIB_PLAIN=1 to switch all of it off (to compare, or to rule it out).
+"""
+
+import importlib.util
+import os
+import sys
+
+import torch
+
+# Attention implementations that keep sequences laid end to end apart (transformers reads the
+# boundaries from position_ids and builds a block-diagonal mask, or passes them to flash attention).
+PADDING_FREE_ATTENTION = {"sdpa", "flash_attention_2", "flash_attention_3", "flex_attention"}
+
+
+def plain_requested():
+    """True when the user asked for the plain path (FTLIB_PLAIN=1). Example: `plain_requested()`."""
+    return os.environ.get("FTLIB_PLAIN", "").strip().lower() in {"1", "true", "yes"}
+
+
+def model_device_type(model):
+    """'cuda', 'cpu', ... for the device holding the model's first parameter. Example: `model_device_type(model)`."""
+    for parameter in model.parameters():
+        return parameter.device.type
+    return "cpu"
+
+
+def liger_available():
+    """True when Liger's Triton kernels can run here (liger-kernel installed and a CUDA GPU present)."""
+    if not torch.cuda.is_available():
+        return False
+    return importlib.util.find_spec("liger_kernel") is not None and importlib.util.find_spec("triton") is not None
+
+
+def _base_model(model):
+    """The transformers model under a PEFT wrapper (or the model itself)."""
+    get_base_model = getattr(model, "get_base_model", None)
+    return get_base_model() if callable(get_base_model) else model
+
+
+def _dispatch_by_device(fast, plain):
+    """A function that runs `fast` on CUDA tensors and `plain` elsewhere (Triton kernels need CUDA)."""
+
+    def apply_rotary_pos_emb(q, k, cos, sin, *args, **kwargs):
+        return (fast if q.is_cuda else plain)(q, k, cos, sin, *args, **kwargs)
+
+    apply_rotary_pos_emb._ftlib_plain = plain
+    return apply_rotary_pos_emb
+
+
+def apply_liger_kernels(model):
+    """Swap in Liger's fused RMSNorm, SwiGLU and RoPE kernels on this model instance; returns their names.
+
+    Example: `apply_liger_kernels(model)  # ['rms_norm', 'swiglu', 'rope']`
+
+    The fused linear cross-entropy stays off: TRL's trainer already computes the loss in chunks without
+    the full logits, and refuses Liger's version. Liger patches some classes module-wide; those are put
+    back afterwards so a model loaded later on the CPU still gets the plain classes, and the RoPE function
+    (shared by every model of the architecture) runs Liger's kernel on CUDA tensors only.
+    """
+    from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN, _apply_liger_kernel_to_instance
+
+    base = _base_model(model)
+    model_type = getattr(base.config, "model_type", None)
+    if model_type not in MODEL_TYPE_TO_APPLY_LIGER_FN:
+        return []
+    module = sys.modules.get(type(base).__module__)
+    saved = {name: getattr(module, name) for name in dir(module)} if module is not None else {}
+    plain_rope = saved.get("apply_rotary_pos_emb")
+    plain_rope = getattr(plain_rope, "_ftlib_plain", plain_rope)  # already wrapped by an earlier load
+    _apply_liger_kernel_to_instance(
+        model=base, rope=True, rms_norm=True, swiglu=True, cross_entropy=False, fused_linear_cross_entropy=False
+    )
+    applied = ["rms_norm", "swiglu"]
+    if module is not None:
+        fast_rope = getattr(module, "apply_rotary_pos_emb", None)
+        for name, value in saved.items():  # undo module-wide class swaps; the instance keeps its kernels
+            if name != "apply_rotary_pos_emb" and getattr(module, name, None) is not value:
+                setattr(module, name, value)
+        if plain_rope is not None and fast_rope is not None and fast_rope is not saved.get("apply_rotary_pos_emb"):
+            module.apply_rotary_pos_emb = _dispatch_by_device(fast_rope, plain_rope)
+            applied.append("rope")
+        elif plain_rope is not None and fast_rope is not None:
+            module.apply_rotary_pos_emb = saved["apply_rotary_pos_emb"]
+    return applied
+
+
+def after_load(model, settings):
+    """Adjust a freshly loaded model for fast training; returns the model. Nothing changes on the CPU.
+
+    Example: `model = after_load(model, model.ftlib_settings)`
+
+    Records what it switched on in `model.ftlib_acceleration` (a list of names, empty on a CPU).
+    """
+    applied = []
+    # The same kernels suit LoRA, QLoRA and full fine-tuning, so `settings` does not change the choice.
+    if not plain_requested() and model_device_type(model) == "cuda" and liger_available():
+        applied = apply_liger_kernels(model)
+    model.ftlib_acceleration = applied
+    return model
+
+
+def enable_gradient_checkpointing(model, mode=True):
+    """Trade compute for memory: recompute activations in the backward pass.
+
+    Example: `enable_gradient_checkpointing(model, "offload")`
+
+    mode: True = non-reentrant checkpointing (works with frozen inputs, no fp32 up-casting needed);
+    "offload" = the same, and the checkpointed layer inputs wait in CPU memory during the forward pass
+    (about 1 GB less for an 8B model at 2 x 2048 tokens, a little slower; a GPU-only option, plain
+    checkpointing on a CPU); False = off (fastest, most memory).
+    """
+    if mode not in (True, False, "offload"):
+        from ftlib.errors import FtlibError
+
+        raise FtlibError(
+            f"use_gradient_checkpointing must be True, False or 'offload', got {mode!r}: "
+            "try True (saves memory, ~25% slower) or 'offload' (saves the most memory)"
+        )
+    base = _base_model(model)
+    base._ftlib_gradient_checkpointing = mode
+    if not mode:
+        if getattr(base, "is_gradient_checkpointing", False):
+            base.gradient_checkpointing_disable()
+        return model
+    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    # With a frozen embedding layer the checkpointed blocks would see inputs without gradients.
+    base.enable_input_require_grads()
+    base.config.use_cache = False
+    return model
+
+
+def gradient_checkpointing_mode(model):
+    """The mode last given to enable_gradient_checkpointing (None if never called). Example: `gradient_checkpointing_mode(model)`."""
+    return getattr(_base_model(model), "_ftlib_gradient_checkpointing", None)
+
+
+def supports_padding_free(model):
+    """True when the model's attention keeps sequences laid end to end apart. Example: `supports_padding_free(model)`."""
+    implementation = getattr(_base_model(model).config, "_attn_implementation", None) or ""
+    return implementation.split("@")[0].split(":")[0] in PADDING_FREE_ATTENTION
+
+
+def trainer_settings(model, padding_free=False):
+    """Extra `trl.SFTConfig` keyword arguments for this model and device.
+
+    Example: `SFTConfig(output_dir="outputs", **trainer_settings(model))`
+
+    On a CUDA GPU: 8-bit AdamW, and activation offloading when checkpointing is in "offload" mode; on a
+    CPU: plain AdamW. padding_free=True (on any device, when the attention supports it) adds padding-free
+    batching, which needs `max_length=None` in SFTConfig (TRL does not truncate then), so the caller must
+    have cut every row to max_seq_length already; these settings override the caller's own.
+    """
+    if plain_requested():
+        return {"optim": "adamw_torch"}
+    on_gpu = model_device_type(model) == "cuda"
+    settings = {"optim": "adamw_8bit" if on_gpu and importlib.util.find_spec("bitsandbytes") else "adamw_torch"}
+    if padding_free and supports_padding_free(model):
+        settings["padding_free"] = True
+        settings["max_length"] = None
+    if on_gpu and gradient_checkpointing_mode(model) == "offload":
+        settings["activation_offloading"] = True
+    return settings

@@ -1,0 +1,50 @@
+"""The offline demo world: a tiny pretrained base model and the headline task, all in data/.
+
+`load_model("ftlib-tiny")` loads the model from `tiny_model_path()`; `load_headlines("train")`
+returns the task's rows. The scripts that made them live next to this file:
+`python -m ftlib.demo.pretrain` (corpus, tokenizer, model) and `python -m ftlib.demo.headlines`.
+"""
+
+import json
+from pathlib import Path
+
+from ftlib.errors import FtlibError
+
+DEMO_ALIAS = "ftlib-tiny"
+DATA_FOLDER = Path(__file__).resolve().parents[2] / "data"
+HEADLINE_SPLITS = ("train", "test")
+
+
+def tiny_model_path():
+    """The folder holding the tiny demo model (config, safetensors weights, tokenizer).
+
+    Example:
+        >>> tiny_model_path().name
+        'ftlib-tiny'
+    """
+    folder = DATA_FOLDER / DEMO_ALIAS
+    if not (folder / "config.json").is_file():
+        raise FtlibError(
+            f"the demo model is missing: no config.json in {folder}. It ships with ftlib's source "
+            "checkout; install ftlib from a clone (pip install -e .) or rebuild it with "
+            "`python -m ftlib.demo.pretrain`"
+        )
+    return folder
+
+
+def load_headlines(split="train"):
+    """Rows of the headline task, {"question": ..., "answer": "positive" | "negative"}.
+
+    Example:
+        >>> load_headlines("test")[0]["answer"] in ("positive", "negative")
+        True
+    """
+    if split not in HEADLINE_SPLITS:
+        raise FtlibError(f'unknown headline split {split!r}: use "train" or "test"')
+    path = DATA_FOLDER / "headlines" / f"{split}.jsonl"
+    if not path.is_file():
+        raise FtlibError(
+            f"the headline data is missing: {path} does not exist. Rebuild it with "
+            "`python -m ftlib.demo.headlines`"
+        )
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

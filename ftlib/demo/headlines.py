@@ -1,0 +1,93 @@
+"""The demo task: does this headline impact the company positively or negatively?
+
+Run `python -m ftlib.demo.headlines` to rewrite data/headlines/{train,test}.jsonl. The output is
+the same for the same seed. The test split uses companies that never appear in the train split, so
+a model that scores well on it has learned what events mean, not which companies are lucky.
+"""
+
+import argparse
+import json
+import random
+from pathlib import Path
+
+from ftlib.demo.world import BAD_EVENTS, GOOD_EVENTS, company_names, fill
+
+QUESTION = "Headline: {headline}\nDoes this headline impact {company} positively or negatively?"
+LABELS = ("positive", "negative")
+DATA_FOLDER = Path(__file__).resolve().parents[2] / "data" / "headlines"
+
+
+def make_rows(companies, count, rng, taken):
+    """`count` rows about `companies`, half positive and half negative, no headline in `taken`.
+
+    Example:
+        >>> rows = make_rows(["Velex Foods"], 2, random.Random(0), set())
+        >>> sorted(row["answer"] for row in rows)
+        ['negative', 'positive']
+    """
+    rows = []
+    for index in range(count):
+        label = LABELS[index % 2]
+        events = GOOD_EVENTS if label == "positive" else BAD_EVENTS
+        for _attempt in range(1000):
+            company = rng.choice(companies)
+            headline = fill(rng.choice(events)[0], company, rng, companies)
+            # The first letter is capitalised as a headline's would be.
+            headline = headline[0].upper() + headline[1:]
+            if headline not in taken:
+                break
+        else:
+            raise RuntimeError(f"could not find {count} distinct headlines: lower the count")
+        taken.add(headline)
+        rows.append({"question": QUESTION.format(headline=headline, company=company), "answer": label})
+    rng.shuffle(rows)
+    return rows
+
+
+def make_splits(train_size=1024, test_size=64, test_companies=12, seed=0):
+    """Train and test rows; the test split's companies never appear in the train split.
+
+    Example:
+        >>> splits = make_splits(train_size=8, test_size=4)
+        >>> len(splits["train"]), len(splits["test"])
+        (8, 4)
+    """
+    companies = company_names(60, seed=seed)
+    rng = random.Random(seed)
+    taken = set()
+    return {
+        "train": make_rows(companies[test_companies:], train_size, rng, taken),
+        "test": make_rows(companies[:test_companies], test_size, rng, taken),
+    }
+
+
+def write_splits(folder=DATA_FOLDER, **settings):
+    """Write train.jsonl and test.jsonl into `folder`; returns {split: path}.
+
+    Example:
+        >>> write_splits("/tmp/headlines", train_size=8, test_size=4)  # doctest: +SKIP
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for split, rows in make_splits(**settings).items():
+        paths[split] = folder / f"{split}.jsonl"
+        paths[split].write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return paths
+
+
+def main():
+    parser = argparse.ArgumentParser(description="Write the headline task's train and test splits.")
+    parser.add_argument("--train-size", type=int, default=1024)
+    parser.add_argument("--test-size", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--folder", default=str(DATA_FOLDER))
+    arguments = parser.parse_args()
+    paths = write_splits(arguments.folder, train_size=arguments.train_size,
+                         test_size=arguments.test_size, seed=arguments.seed)
+    for split, path in paths.items():
+        print(f"{split}: {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""Step 4 of the guide, the adapter half: attach LoRA adapters so only a small fraction of weights train."""
+
+import torch
+
+from ftlib import acceleration
+from ftlib.errors import FtlibError
+
+# The attention and MLP projections of Llama-style models: adapting all seven works best for most tasks.
+ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def add_lora(
+    model,
+    r=16,  # rank, 4-64: more capacity to learn, more memory and a little more time
+    lora_alpha=16,  # scale of the update, at least r: alpha/r multiplies what the adapter adds
+    lora_dropout=0.0,  # 0-0.1: a little dropout fights over-fitting on small datasets; 0 is fastest
+    target_modules=ALL_PROJECTIONS,  # which linear layers get adapters; fewer = fewer parameters
+    use_rslora=False,  # rank-stabilised scaling alpha/sqrt(r): helps at high ranks (64+)
+    use_gradient_checkpointing=True,  # True / "offload" save activation memory for ~20-30% more time; False
+    random_state=3407,  # seed for the adapters' initial weights, so runs repeat exactly
+):
+    """Attach LoRA adapters to `model`, freeze everything else, and report what will train.
+
+    Returns the model wrapped as a peft `PeftModel`; the trainable-parameter count is printed and kept in
+    `model.ftlib_trainable_parameters` as (trainable, total).
+
+    Example:
+        >>> model = add_lora(model, r=16, lora_alpha=16)
+        trainable parameters: 41,943,040 of 8,072,204,288 (0.52%)
+    """
+    settings = getattr(model, "ftlib_settings", {})
+    if settings.get("full_finetuning"):
+        raise FtlibError(
+            "this model was loaded with full_finetuning=True, which trains every weight, so LoRA adapters "
+            "have no place on it: train it as it is, or reload with load_model(..., full_finetuning=False) "
+            "to train LoRA adapters"
+        )
+    if hasattr(model, "peft_config"):
+        raise FtlibError(
+            "this model already has LoRA adapters (from add_lora or a saved adapter): train it as it is, "
+            "or load the base model again with load_model to start fresh adapters"
+        )
+    _check_number("r", r, whole=True, hint="r=16 (8-64 typical)")
+    _check_number("lora_alpha", lora_alpha, hint=f"lora_alpha={r} (at least the rank)")
+    if not isinstance(lora_dropout, (int, float)) or not 0 <= lora_dropout < 1:
+        raise FtlibError(f"lora_dropout must be at least 0 and below 1, got {lora_dropout!r}: try 0.0 or 0.05")
+    if use_gradient_checkpointing not in (True, False, "offload"):
+        raise FtlibError(
+            f"use_gradient_checkpointing must be True, False or 'offload', got {use_gradient_checkpointing!r}"
+        )
+    target_modules = _check_targets(model, target_modules)
+
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=r,
+        lora_alpha=lora_alpha,
+        lora_dropout=lora_dropout,
+        target_modules=target_modules,
+        use_rslora=use_rslora,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    acceleration.enable_gradient_checkpointing(model, use_gradient_checkpointing)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(random_state)
+        model = get_peft_model(model, config)
+    model.ftlib_settings = dict(settings, lora={
+        "r": r, "lora_alpha": lora_alpha, "lora_dropout": lora_dropout,
+        "target_modules": list(target_modules), "use_rslora": use_rslora,
+    })
+    trainable, total = model.get_nb_trainable_parameters()
+    model.ftlib_trainable_parameters = (trainable, total)
+    print(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
+    return model
+
+
+def _check_number(name, value, whole=False, hint=""):
+    kind = int if whole else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
+        what = "a positive whole number" if whole else "a positive number"
+        raise FtlibError(f"{name} must be {what}, got {value!r}: try {hint}")
+
+
+def _check_targets(model, target_modules):
+    if isinstance(target_modules, str):
+        target_modules = [target_modules]
+    target_modules = list(target_modules)
+    linear_names = sorted({
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) or "Linear" in type(module).__name__
+    } - {"lm_head"})
+    missing = [name for name in target_modules if name not in linear_names]
+    if missing or not target_modules:
+        raise FtlibError(
+            f"target_modules {missing or target_modules} are not linear layers of this model; "
+            f"its linear layers are {linear_names}: pick from those"
+        )
+    return target_modules

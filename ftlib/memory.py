@@ -1,0 +1,324 @@
+"""Step 5 of the guide: how much GPU memory a fine-tune needs, before anything is loaded, and what it used.
+
+    >>> from ftlib import estimate_memory
+    >>> print(estimate_memory("llama-3.1-8b", "qlora", max_seq_length=2048, batch_size=2))
+
+The estimate adds up what training keeps on the GPU:
+
+- weights: the frozen base model. 4-bit (QLoRA) stores about 0.52 bytes a weight (0.5 for the NF4 code,
+  the rest for its scales); 16-bit stores 2. Embeddings, the output layer and norms stay 16-bit.
+- adapters: LoRA's two small matrices per adapted layer, rank x (inputs + outputs) numbers, in float32.
+- gradients: one number per trainable number (float32 for adapters, 16-bit for full fine-tuning).
+- optimizer: AdamW keeps two numbers per trainable number: 8 bytes in float32, 2 bytes in 8-bit AdamW.
+- activations: what the forward pass keeps for the backward pass. With gradient checkpointing only each
+  layer's input (batch x length x hidden x 2 bytes a layer) stays, plus one layer's working set while it
+  is recomputed; without it, every layer's working set stays. Grows linearly with batch x length.
+- overhead: the CUDA context (about 0.5 GB, outside PyTorch's own count) and allocator slack.
+
+The per-token working-set constants were fitted to measured peaks on an H200 (benchmarks/README.md lists
+each case and its error); treat the result as +/-20%.
+"""
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ftlib.errors import FtlibError
+
+GB = 2**30
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+# Architecture numbers of well-known models (from their published config.json files), so an estimate
+# needs no download. Keys are matched against a normalised Hub id, e.g. "meta-llama/Llama-3.1-8B-Instruct".
+KNOWN_MODELS = {
+    "llama-3.2-1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+                         num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=True),
+    "llama-3.2-3b": dict(hidden_size=3072, intermediate_size=8192, num_hidden_layers=28, num_attention_heads=24,
+                         num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=True),
+    "llama-3.1-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                         num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False),
+    "llama-3.1-70b": dict(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64,
+                          num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False),
+    "mistral-7b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                       num_key_value_heads=8, vocab_size=32768, tie_word_embeddings=False),
+    "qwen2.5-0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                         num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
+    "qwen2.5-1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+                         num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
+    "qwen2.5-7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+                       num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False),
+    "phi-3-mini": dict(hidden_size=3072, intermediate_size=8192, num_hidden_layers=32, num_attention_heads=32,
+                       num_key_value_heads=32, vocab_size=32064, tie_word_embeddings=False),
+}
+# Other spellings people use for the same models.
+ALIASES = {"llama-3-8b": "llama-3.1-8b", "llama-3.1-8b": "llama-3.1-8b", "meta-llama-3.1-8b": "llama-3.1-8b",
+           "meta-llama-3-8b": "llama-3.1-8b", "llama-3.3-70b": "llama-3.1-70b", "mistral-7b-v0.3": "mistral-7b",
+           "phi-3-mini-4k": "phi-3-mini", "phi-3.5-mini": "phi-3-mini"}
+
+METHODS = {"qlora": "qlora", "4bit": "qlora", "lora": "lora", "16bit": "lora", "lora_8bit": "lora_8bit",
+           "8bit": "lora_8bit", "full": "full"}
+WEIGHT_BYTES = {"qlora": 0.516, "lora_8bit": 1.03, "lora": 2.0, "full": 2.0}  # per weight of the big layers
+
+# Fitted constants (see the module docstring). Working set of one decoder layer while it is recomputed,
+# in bytes per token: HIDDEN_TERMS x hidden + INTERMEDIATE_TERMS x intermediate numbers of 2 bytes.
+HIDDEN_TERMS = 12
+INTERMEDIATE_TERMS = 6
+CUDA_CONTEXT = 0.5 * GB  # the driver's own share, which PyTorch does not count
+ALLOCATOR_SLACK = 0.08  # reserved but unused blocks, as a fraction of the rest
+
+
+@dataclass
+class MemoryEstimate:
+    """GPU memory a fine-tune needs, in bytes per part; `total` adds them. Example: `estimate.total_gb`."""
+
+    weights: float
+    adapters: float
+    gradients: float
+    optimizer: float
+    activations: float
+    overhead: float
+    details: dict = field(default_factory=dict)
+
+    PARTS = ("weights", "adapters", "gradients", "optimizer", "activations", "overhead")
+
+    @property
+    def total(self):
+        return sum(getattr(self, part) for part in self.PARTS)
+
+    @property
+    def total_gb(self):
+        return self.total / GB
+
+    @property
+    def pytorch_reserved_gb(self):
+        """The part PyTorch reserves (what torch.cuda.max_memory_reserved reports): total minus the CUDA context."""
+        return (self.total - CUDA_CONTEXT) / GB
+
+    def as_dict(self):
+        """Every part in GB, plus the total. Example: `estimate.as_dict()["weights"]`."""
+        out = {part: round(getattr(self, part) / GB, 3) for part in self.PARTS}
+        out["total"] = round(self.total_gb, 3)
+        return out
+
+    def fits(self, gpu_memory_gb):
+        """True when the estimate fits a GPU of that many GB. Example: `estimate.fits(16)  # a T4`."""
+        return self.total_gb <= gpu_memory_gb
+
+    def __str__(self):
+        lines = [f"{self.details.get('model', 'model')}, {self.details.get('method', '')}, "
+                 f"{self.details.get('batch_size')} x {self.details.get('max_seq_length')} tokens"]
+        for part in self.PARTS:
+            lines.append(f"  {part:<12}{getattr(self, part) / GB:8.2f} GB")
+        lines.append(f"  {'total':<12}{self.total_gb:8.2f} GB")
+        return "\n".join(lines)
+
+    def _repr_html_(self):
+        rows = "".join(f"<tr><td>{part}</td><td style='text-align:right'>{getattr(self, part) / GB:.2f} GB</td></tr>"
+                       for part in self.PARTS)
+        return (f"<table><tr><th colspan=2>{self.details.get('model', 'model')}, {self.details.get('method', '')}"
+                f"</th></tr>{rows}<tr><td><b>total</b></td><td style='text-align:right'><b>{self.total_gb:.2f} GB"
+                f"</b></td></tr></table>")
+
+
+def estimate_memory(
+    model_name_or_config,
+    method="qlora",  # "qlora" (4-bit base + LoRA), "lora" (16-bit base + LoRA), "lora_8bit", or "full"
+    max_seq_length=2048,  # activations grow linearly with it
+    batch_size=2,  # activations grow linearly with it too; gradient accumulation costs no memory
+    lora_rank=16,  # 8-64: adapters are small either way, a few hundred MB at most
+    target_modules=PROJECTIONS,  # the layers that get adapters
+    gradient_checkpointing=True,  # True: keep layer inputs only; "offload": keep them in CPU memory; False: keep all
+    optimizer="adamw_8bit",  # "adamw_8bit" (2 bytes a trainable number) or "adamw" (8 bytes)
+    dtype_bytes=2,  # 2 for bf16/fp16 compute; 4 for float32 (CPU)
+):
+    """Estimate the peak GPU memory of a fine-tune before loading anything; returns a MemoryEstimate.
+
+    `model_name_or_config` is a known name ("llama-3.1-8b", "meta-llama/Llama-3.2-1B-Instruct", ...),
+    "ftlib-tiny", a folder with a config.json, a transformers config, or a dict of its numbers.
+
+    Example:
+        >>> estimate_memory("llama-3.1-8b", "qlora", max_seq_length=2048, batch_size=2).total_gb
+    """
+    shape = model_shape(model_name_or_config)
+    method = _check_method(method)
+    for name, value in (("max_seq_length", max_seq_length), ("batch_size", batch_size), ("lora_rank", lora_rank)):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise FtlibError(f"{name} must be a positive whole number, got {value!r}: try {name}="
+                             f"{ {'max_seq_length': 2048, 'batch_size': 2, 'lora_rank': 16}[name] }")
+    if gradient_checkpointing not in (True, False, "offload"):
+        raise FtlibError(f"gradient_checkpointing must be True, False or 'offload', got {gradient_checkpointing!r}")
+    if optimizer not in ("adamw_8bit", "adamw"):
+        raise FtlibError(f"optimizer must be 'adamw_8bit' or 'adamw', got {optimizer!r}: try 'adamw_8bit'")
+
+    hidden, inter, layers = shape["hidden_size"], shape["intermediate_size"], shape["num_hidden_layers"]
+    vocab = shape["vocab_size"]
+    head_dim = shape.get("head_dim") or hidden // shape["num_attention_heads"]
+    kv = shape.get("num_key_value_heads") or shape["num_attention_heads"]
+    # (inputs, outputs) of each projection of one decoder layer
+    sizes = {"q_proj": (hidden, shape["num_attention_heads"] * head_dim), "k_proj": (hidden, kv * head_dim),
+             "v_proj": (hidden, kv * head_dim), "o_proj": (shape["num_attention_heads"] * head_dim, hidden),
+             "gate_proj": (hidden, inter), "up_proj": (hidden, inter), "down_proj": (inter, hidden)}
+    layer_weights = sum(i * o for i, o in sizes.values()) * layers
+    embedding_weights = vocab * hidden * (1 if shape.get("tie_word_embeddings") else 2)
+    norm_weights = (2 * layers + 1) * hidden
+    small_weights = embedding_weights + norm_weights  # never quantised
+    total_weights = layer_weights + small_weights
+
+    weights = layer_weights * WEIGHT_BYTES[method] + small_weights * dtype_bytes
+    if method == "full":
+        trainable = total_weights
+        adapters = 0.0
+        gradients = trainable * dtype_bytes
+        optimizer_bytes = trainable * (2 if optimizer == "adamw_8bit" else 2 * dtype_bytes)
+    else:
+        unknown = [name for name in target_modules if name not in sizes]
+        if unknown:
+            raise FtlibError(f"target_modules {unknown} are not projections this estimate knows: use some of {PROJECTIONS}")
+        trainable = lora_rank * sum(sum(sizes[name]) for name in target_modules) * layers
+        adapters = trainable * 4  # PEFT keeps adapters in float32 next to a 16-bit or 4-bit base
+        gradients = trainable * 4
+        optimizer_bytes = trainable * (2 if optimizer == "adamw_8bit" else 8)
+
+    tokens = batch_size * max_seq_length
+    layer_input = tokens * hidden * dtype_bytes
+    working_set = tokens * (HIDDEN_TERMS * hidden + INTERMEDIATE_TERMS * inter) * dtype_bytes
+    if method in ("qlora", "lora_8bit"):
+        working_set += max(i * o for i, o in sizes.values()) * dtype_bytes * 2  # dequantised weight copies
+    if gradient_checkpointing == "offload":
+        activations = 2 * layer_input + working_set  # a couple of layer inputs in flight to or from the CPU
+    elif gradient_checkpointing:
+        activations = layers * layer_input + working_set
+    else:
+        activations = layers * working_set
+    # The loss: TRL's fused head works through the vocabulary in chunks, never the whole (tokens x vocab) logits.
+    activations += min(tokens, 4096) * min(vocab, 32768) * 4 + tokens * hidden * 4
+
+    subtotal = weights + adapters + gradients + optimizer_bytes + activations
+    overhead = CUDA_CONTEXT + ALLOCATOR_SLACK * subtotal
+    return MemoryEstimate(
+        weights=weights, adapters=adapters, gradients=gradients, optimizer=optimizer_bytes,
+        activations=activations, overhead=overhead,
+        details={"model": shape.get("name", "model"), "method": method, "max_seq_length": max_seq_length,
+                 "batch_size": batch_size, "parameters": total_weights, "trainable_parameters": trainable,
+                 "gradient_checkpointing": gradient_checkpointing, "optimizer": optimizer},
+    )
+
+
+def model_shape(model_name_or_config):
+    """The architecture numbers an estimate needs, from a name, folder, config or dict.
+
+    Example: `model_shape("llama-3.1-8b")["hidden_size"]  # 4096`
+    """
+    source = model_name_or_config
+    if isinstance(source, dict):
+        shape = dict(source)
+    elif hasattr(source, "to_dict") and hasattr(source, "hidden_size"):  # a transformers config
+        text_config = source.get_text_config() if hasattr(source, "get_text_config") else source
+        shape = text_config.to_dict()
+        shape.setdefault("name", getattr(source, "name_or_path", "") or getattr(source, "model_type", "model"))
+    elif isinstance(source, (str, os.PathLike)):
+        shape = _shape_from_name(str(source))
+    else:
+        raise FtlibError(
+            f"model_name_or_config must be a model name, a folder, a transformers config or a dict, "
+            f"got {type(source).__name__}: try estimate_memory('llama-3.1-8b', 'qlora')"
+        )
+    needed = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
+    missing = [key for key in needed if not shape.get(key)]
+    if missing:
+        raise FtlibError(f"the model description lacks {missing}: pass a full config.json or a config object")
+    return shape
+
+
+def _shape_from_name(name):
+    if name == "ftlib-tiny":
+        from ftlib.demo import tiny_model_path
+
+        name = str(tiny_model_path())
+    path = Path(name).expanduser()
+    if (path / "config.json").is_file():
+        config = json.loads((path / "config.json").read_text())
+        config = config.get("text_config", config)
+        return dict(config, name=path.name)
+    key = normalise_name(name)
+    if key in KNOWN_MODELS:
+        return dict(KNOWN_MODELS[key], name=key)
+    raise FtlibError(
+        f"no architecture numbers for {name!r}: use one of {sorted(KNOWN_MODELS)}, a folder with a "
+        "config.json, or transformers.AutoConfig.from_pretrained(name) (which downloads only the config)"
+    )
+
+
+def normalise_name(name):
+    """'meta-llama/Llama-3.1-8B-Instruct' -> 'llama-3.1-8b' (or the name lowered when nothing is known).
+
+    Example: `normalise_name("unsloth/Llama-3.2-1B-Instruct-bnb-4bit")  # 'llama-3.2-1b'`
+    """
+    key = name.strip().lower().rstrip("/").rsplit("/", 1)[-1]
+    for suffix in ("-bnb-4bit", "-unsloth", "-instruct", "-chat", "-hf", "-it", "-base"):
+        key = key.replace(suffix, "")
+    if key in ALIASES:
+        return ALIASES[key]
+    for known in sorted(KNOWN_MODELS, key=len, reverse=True):
+        if key == known or key.startswith(known + "-") or key.startswith("meta-" + known):
+            return known
+    return key
+
+
+def _check_method(method):
+    key = str(method).lower().replace("-", "_")
+    if key not in METHODS:
+        raise FtlibError(f"method must be one of 'qlora', 'lora', 'lora_8bit', 'full', got {method!r}: try 'qlora'")
+    return METHODS[key]
+
+
+@dataclass
+class MemoryUsage:
+    """Measured memory in GB: now and at the peak since the last reset. Example: `measured_usage().peak_reserved`."""
+
+    device: str
+    allocated: float
+    reserved: float
+    peak_allocated: float
+    peak_reserved: float
+    device_total: float
+
+    def __str__(self):
+        if self.device == "cpu":
+            return f"CPU process memory: {self.reserved:.2f} GB now, peak {self.peak_reserved:.2f} GB"
+        return (f"{self.device}: {self.allocated:.2f} GB allocated, {self.reserved:.2f} GB reserved now; peak "
+                f"{self.peak_allocated:.2f} allocated, {self.peak_reserved:.2f} reserved of {self.device_total:.1f} GB")
+
+
+def measured_usage(reset_peak=False):
+    """Memory in use now and at its peak: the GPU's as PyTorch counts it, or this process's on a CPU.
+
+    reset_peak=True starts a new peak after reading (measure one step: reset, run it, read again).
+
+    Example:
+        >>> print(measured_usage())
+    """
+    import torch
+
+    if torch.cuda.is_available():
+        index = torch.cuda.current_device()
+        usage = MemoryUsage(
+            device=torch.cuda.get_device_name(index), allocated=torch.cuda.memory_allocated(index) / GB,
+            reserved=torch.cuda.memory_reserved(index) / GB, peak_allocated=torch.cuda.max_memory_allocated(index) / GB,
+            peak_reserved=torch.cuda.max_memory_reserved(index) / GB,
+            device_total=torch.cuda.get_device_properties(index).total_memory / GB)
+        if reset_peak:
+            torch.cuda.reset_peak_memory_stats(index)
+        return usage
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kilobytes on Linux
+    now = peak
+    try:
+        with open("/proc/self/statm") as handle:
+            now = int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / GB
+    except OSError:
+        pass
+    return MemoryUsage(device="cpu", allocated=now, reserved=now, peak_allocated=peak, peak_reserved=peak,
+                       device_total=os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / GB)

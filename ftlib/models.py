@@ -1,0 +1,239 @@
+"""Step 2 of the guide: choose and load a model.
+
+`load_model` takes a Hub id, a local folder, a folder that `ftlib.save` wrote (an adapter loads its
+base first), or the offline demo alias "ftlib-tiny", and returns (model, tokenizer) ready to train.
+"""
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from ftlib import acceleration
+from ftlib.errors import FtlibError
+
+DEMO_ALIAS = "ftlib-tiny"
+
+
+def load_model(
+    model_name,
+    max_seq_length=2048,  # 512-8192: longer examples fit, activations grow with it; 2048 for testing
+    dtype=None,  # None = auto: bf16 where the GPU supports it, fp16 on other GPUs, fp32 on the CPU
+    load_in_4bit=True,  # QLoRA: about a quarter of the 16-bit weight memory, slightly slower steps
+    load_in_8bit=False,  # half of the 16-bit weight memory; slower than 4-bit on most GPUs
+    full_finetuning=False,  # train every weight: no quantization, most memory, no adapters
+    token=None,  # Hub token for gated or private models; None uses HF_TOKEN or a saved login
+    device_map=None,  # None = the first GPU when there is one, else the CPU
+    trust_remote_code=False,  # run model code shipped with a Hub repository: only for repos you trust
+):
+    """Load a causal language model and its tokenizer for fine-tuning.
+
+    Example:
+        >>> model, tokenizer = load_model("ftlib-tiny", load_in_4bit=False)
+    """
+    if load_in_4bit and load_in_8bit:
+        raise FtlibError(
+            "load_in_4bit=True and load_in_8bit=True were both set: pick one, "
+            "e.g. load_model(name, load_in_4bit=True, load_in_8bit=False)"
+        )
+    if full_finetuning and (load_in_4bit or load_in_8bit):
+        # Quantised weights cannot take gradient updates; the default load_in_4bit=True gives way.
+        load_in_4bit = load_in_8bit = False
+    if not isinstance(max_seq_length, int) or max_seq_length <= 0:
+        raise FtlibError(f"max_seq_length must be a positive whole number, got {max_seq_length!r}: try 2048")
+
+    folder = _resolve(model_name, token)
+    adapter_config = folder / "adapter_config.json" if folder is not None else None
+    if adapter_config is not None and adapter_config.is_file():
+        return _load_adapter(
+            folder, adapter_config, max_seq_length, dtype, load_in_4bit, load_in_8bit, token, device_map
+        )
+
+    source = str(folder) if folder is not None else model_name
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch_dtype = _pick_dtype(dtype, device)
+    quantization = _quantization_config(load_in_4bit, load_in_8bit, torch_dtype)
+
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(
+        source,
+        dtype=torch_dtype,
+        quantization_config=quantization,
+        device_map=device_map if device_map is not None else ({"": 0} if device == "cuda" else None),
+        token=token,
+        trust_remote_code=trust_remote_code,
+    )
+    tokenizer = load_tokenizer(source, max_seq_length, token=token, trust_remote_code=trust_remote_code)
+    _align_special_tokens(model, tokenizer)
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if positions and max_seq_length > positions:
+        print(
+            f"note: max_seq_length={max_seq_length} is longer than the {positions} positions this model "
+            f"was trained on; quality may drop past {positions} tokens."
+        )
+
+    model.ftlib_settings = {
+        "model_name": model_name,
+        "max_seq_length": max_seq_length,
+        "load_in_4bit": load_in_4bit,
+        "load_in_8bit": load_in_8bit,
+        "full_finetuning": full_finetuning,
+        "dtype": str(torch_dtype).replace("torch.", ""),
+    }
+    model = acceleration.after_load(model, model.ftlib_settings)
+    if full_finetuning:
+        for parameter in model.parameters():
+            parameter.requires_grad_(True)
+    return model, tokenizer
+
+
+def load_tokenizer(source, max_seq_length=2048, token=None, trust_remote_code=False):
+    """Load a tokenizer and fix what fine-tuning needs: a pad token, an EOS token, right padding.
+
+    Example:
+        >>> tokenizer = load_tokenizer("ftlib-tiny")
+    """
+    from transformers import AutoTokenizer
+
+    folder = _resolve(source, token)
+    tokenizer = AutoTokenizer.from_pretrained(
+        str(folder) if folder is not None else source, token=token, trust_remote_code=trust_remote_code
+    )
+    tokenizer.model_max_length = max_seq_length
+    tokenizer.padding_side = "right"  # training pads on the right; generate switches to left
+    if tokenizer.eos_token is None:
+        raise FtlibError(
+            "this tokenizer has no end-of-sequence (EOS) token, so a fine-tuned model would never learn "
+            "to stop: set one, e.g. tokenizer.eos_token = '</s>', before training"
+        )
+    if tokenizer.pad_token is None:
+        # Padding never reaches the loss (labels are -100 there), so reusing an existing token is safe.
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    return tokenizer
+
+
+def _align_special_tokens(model, tokenizer):
+    for config in (model.config, getattr(model, "generation_config", None)):
+        if config is None:
+            continue
+        if getattr(config, "pad_token_id", None) is None:
+            config.pad_token_id = tokenizer.pad_token_id
+        if getattr(config, "eos_token_id", None) is None:
+            config.eos_token_id = tokenizer.eos_token_id
+
+
+def _pick_dtype(dtype, device):
+    if dtype is not None:
+        if isinstance(dtype, str):
+            names = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "half": "float16"}
+            dtype = getattr(torch, names.get(dtype, dtype), None)
+        if not isinstance(dtype, torch.dtype):
+            raise FtlibError(
+                f"dtype must be None, 'bfloat16', 'float16' or 'float32', got {dtype!r}: "
+                "None picks the fastest one your hardware supports"
+            )
+        if device == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+            raise FtlibError(
+                "this GPU does not support bfloat16 (a T4, for instance): use dtype=None or dtype='float16'"
+            )
+        return dtype
+    if device == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def _quantization_config(load_in_4bit, load_in_8bit, compute_dtype):
+    if not (load_in_4bit or load_in_8bit):
+        return None
+    try:
+        from transformers import BitsAndBytesConfig
+        import bitsandbytes  # noqa: F401  (fail here with a clear message rather than deep inside)
+    except ImportError as error:
+        raise FtlibError(
+            f"{'4' if load_in_4bit else '8'}-bit loading needs bitsandbytes ({error}): "
+            "pip install bitsandbytes, or load_model(..., load_in_4bit=False) for 16-bit LoRA"
+        ) from error
+    if load_in_8bit:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",  # NormalFloat4: the QLoRA data type, best for normally spread weights
+        bnb_4bit_use_double_quant=True,  # quantise the scales too: about 0.4 bits a weight saved
+        bnb_4bit_compute_dtype=compute_dtype,
+    )
+
+
+def _load_adapter(folder, adapter_config, max_seq_length, dtype, load_in_4bit, load_in_8bit, token, device_map):
+    from peft import PeftModel
+
+    base_name = json.loads(adapter_config.read_text()).get("base_model_name_or_path")
+    if not base_name:
+        raise FtlibError(
+            f"{adapter_config} does not say which base model it belongs to (base_model_name_or_path): "
+            "add it to the file, or load the base with load_model and attach the adapter with "
+            "peft.PeftModel.from_pretrained(model, folder)"
+        )
+    base, _ = load_model(
+        base_name, max_seq_length=max_seq_length, dtype=dtype, load_in_4bit=load_in_4bit,
+        load_in_8bit=load_in_8bit, token=token, device_map=device_map,
+    )
+    settings = base.ftlib_settings
+    has_tokenizer = any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))
+    tokenizer = load_tokenizer(folder if has_tokenizer else base_name, max_seq_length, token=token)
+    if len(tokenizer) > base.get_input_embeddings().weight.shape[0]:
+        base.resize_token_embeddings(len(tokenizer))
+    model = PeftModel.from_pretrained(base, str(folder), is_trainable=True)
+    model.ftlib_settings = dict(settings, adapter=str(folder))
+    model.eval()
+    return model, tokenizer
+
+
+def _resolve(model_name, token=None):
+    """The local folder for `model_name`, or None when it should come from the Hub."""
+    if not isinstance(model_name, (str, os.PathLike)) or not str(model_name).strip():
+        raise FtlibError(
+            f"model_name must be a Hub id like 'meta-llama/Llama-3.2-1B-Instruct', a folder path, or "
+            f"'{DEMO_ALIAS}', got {model_name!r}"
+        )
+    name = str(model_name)
+    if name == DEMO_ALIAS:
+        from ftlib.demo import tiny_model_path
+
+        return Path(tiny_model_path())
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not any((path / marker).is_file() for marker in ("config.json", "adapter_config.json")):
+            raise FtlibError(
+                f"the folder {path} has neither config.json (a model) nor adapter_config.json (an adapter): "
+                "pass the folder that save_pretrained or ftlib.save wrote"
+            )
+        return path.resolve()
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name:
+        raise FtlibError(
+            f"no folder at {path}: check the path (relative paths start from {Path.cwd()}), "
+            f"or use a Hub id like 'meta-llama/Llama-3.2-1B-Instruct', or '{DEMO_ALIAS}' for the demo model"
+        )
+    _check_reachable_on_hub(name, token)
+    return None
+
+
+def _check_reachable_on_hub(name, token):
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.utils import GatedRepoError
+
+    try:
+        hf_hub_download(name, "config.json", token=token)
+    except GatedRepoError as error:
+        raise FtlibError(
+            f"'{name}' is a gated model on the Hugging Face Hub: accept its licence on its Hub page, then pass "
+            "token=... (or set HF_TOKEN)"
+        ) from error
+    except Exception as error:  # offline, unknown id, private repo: all end in the same advice
+        raise FtlibError(
+            f"'{name}' is neither a local folder nor reachable on the Hugging Face Hub "
+            f"({type(error).__name__}). If the model is on disk, pass its folder: "
+            f"load_model('./path/to/model'); if it is on the Hub, check the spelling and your network "
+            f"(and pass token=... for a private model); for the offline demo model use '{DEMO_ALIAS}'."
+        ) from error

@@ -1,0 +1,12 @@
+"""Notebook helpers: a hyperparameter panel, a live loss plot and the model choice.
+
+Imported only by notebooks (it needs IPython; the panel needs ipywidgets, the plot matplotlib):
+
+    >>> from ftlib.notebook import HyperparameterPanel, LiveLossPlot, choose_model
+"""
+
+from ftlib.notebook.live_plot import LiveLossPlot
+from ftlib.notebook.model_choice import GPU_MODEL, MODEL_VARIABLE, TINY_MODEL, ModelChoice, choose_model
+from ftlib.notebook.panel import HyperparameterPanel
+
+__all__ = ["GPU_MODEL", "MODEL_VARIABLE", "TINY_MODEL", "HyperparameterPanel", "LiveLossPlot", "ModelChoice", "choose_model"]

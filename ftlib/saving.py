@@ -1,0 +1,812 @@
+"""Step 7 of the guide: keep the fine-tune and run it where you like.
+
+    >>> save(model, tokenizer, "my-adapter")                           # LoRA adapter: small, needs the base
+    >>> save(model, tokenizer, "my-model", method="merged_16bit")      # one standalone model (vLLM, transformers)
+    >>> save(model, tokenizer, "my-ollama", method="ollama")           # merged + Modelfile for `ollama create`
+    >>> save(model, tokenizer, "my-gguf", method="gguf", quantization="q4_k_m")  # needs llama.cpp
+
+Every save writes into a temporary folder beside the target and renames it into place at the end,
+so a crash half-way leaves any earlier save untouched. `load_model(folder)` reads any of them back.
+"""
+
+import copy
+import getpass
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ftlib.errors import FtlibError
+
+METHODS = ("lora", "merged_16bit", "ollama", "gguf")
+GGUF_QUANTIZATIONS = {"q8_0": "Q8_0", "q4_k_m": "Q4_K_M", "f16": "F16"}
+DEMO_ALIAS = "ftlib-tiny"
+
+# Files that show a folder holds an earlier save, so overwrite=True may replace it.
+_SAVE_MARKERS = ("adapter_config.json", "config.json", "Modelfile", "model.safetensors")
+
+
+# ----------------------------------------------------------------------------- report
+
+
+@dataclass
+class SaveResult:
+    """What `save` wrote: the folder, each file with its size in bytes, and where it was pushed."""
+
+    path: Path
+    method: str
+    files: list = field(default_factory=list)  # (relative name, bytes)
+    repo_url: str | None = None
+    notes: list = field(default_factory=list)
+
+    @property
+    def total_bytes(self):
+        return sum(size for _, size in self.files)
+
+    def __str__(self):
+        labels = {
+            "lora": "LoRA adapter", "merged_16bit": "merged model", "ollama": "merged model + Modelfile",
+            "gguf": "merged model + GGUF",
+        }
+        lines = [f"Saved the {labels[self.method]} to {self.path} "
+                 f"({len(self.files)} files, {human_size(self.total_bytes)}):"]
+        lines += [f"  {name:<40} {human_size(size):>10}" for name, size in self.files]
+        lines += self.notes
+        if self.repo_url:
+            lines.append(f"Pushed to {self.repo_url}")
+        return "\n".join(lines)
+
+
+def human_size(size):
+    """Bytes as a short, readable size.
+
+    Example:
+        >>> human_size(1_500_000)
+        '1.5 MB'
+    """
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+
+
+def _listing(folder):
+    return sorted(
+        (str(path.relative_to(folder)), path.stat().st_size) for path in folder.rglob("*") if path.is_file()
+    )
+
+
+# ----------------------------------------------------------------------------- atomic folders
+
+
+def _check_target(path, overwrite):
+    if not isinstance(path, (str, os.PathLike)) or not str(path).strip():
+        raise FtlibError(f"path must be a folder name like 'my-adapter', got {path!r}")
+    target = Path(path).expanduser().absolute()
+    if target == Path(target.anchor) or target in (Path.cwd(), Path.home()) or Path.cwd().is_relative_to(target):
+        raise FtlibError(f"refusing to save into {target} itself (it holds your other files): "
+                         "pass a new sub-folder, e.g. 'outputs/my-adapter'")
+    if target.exists() and not target.is_dir():
+        raise FtlibError(f"{target} is a file, not a folder: choose another path for the save")
+    if target.is_dir() and any(target.iterdir()):
+        if not overwrite:
+            raise FtlibError(
+                f"{target} is not empty: pass overwrite=True to replace it, or choose a new folder"
+            )
+        if not any((target / marker).exists() for marker in _SAVE_MARKERS) and not list(target.glob("*.gguf")):
+            raise FtlibError(
+                f"{target} holds files that are not a saved model, so overwrite=True will not delete them: "
+                "choose a new folder"
+            )
+    return target
+
+
+def _swap_into_place(temporary, target):
+    """Rename the finished temporary folder to the target; the old save goes only after that worked."""
+    previous = None
+    if target.exists():
+        previous = target.with_name(f".{target.name}.previous-{uuid.uuid4().hex[:8]}")
+        os.replace(target, previous)
+    try:
+        os.replace(temporary, target)
+    except BaseException:
+        if previous is not None:
+            os.replace(previous, target)
+        raise
+    if previous is not None:
+        shutil.rmtree(previous, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- adapters
+
+
+def _is_peft(model):
+    return hasattr(model, "peft_config") and hasattr(model, "get_base_model")
+
+
+def _tiny_model_folder():
+    try:
+        from ftlib.demo import tiny_model_path
+
+        return Path(tiny_model_path()).resolve()
+    except Exception:  # the demo package is optional for real models
+        return None
+
+
+def base_model_name(model):
+    """The base model id, folder or demo alias that `load_model` should load under this adapter.
+
+    Example:
+        >>> base_model_name(model)  # doctest: +SKIP
+        'ftlib-tiny'
+    """
+    settings = getattr(model, "ftlib_settings", None) or {}
+    candidates = [settings.get("model_name")]
+    if _is_peft(model):
+        config = model.peft_config.get(_active_adapter(model))
+        candidates.append(getattr(config, "base_model_name_or_path", None))
+    candidates.append(getattr(getattr(model, "config", None), "_name_or_path", None))
+    tiny = _tiny_model_folder()
+    for name in candidates:
+        if not name:
+            continue
+        name = str(name)
+        path = Path(name).expanduser()
+        if name == DEMO_ALIAS:
+            return name
+        if path.is_dir():
+            if (path / "adapter_config.json").is_file():
+                continue  # an adapter folder is not a base; the next candidate names the real base
+            if tiny is not None and path.resolve() == tiny:
+                return DEMO_ALIAS
+            return str(path.resolve())  # absolute, so loading works from any working directory
+        return name  # a Hub id
+    raise FtlibError(
+        "cannot tell which base model this adapter belongs to: load the model with ftlib.load_model, "
+        "or set model.peft_config['default'].base_model_name_or_path before saving"
+    )
+
+
+def _active_adapter(model):
+    active = getattr(model, "active_adapter", "default")
+    return active[0] if isinstance(active, (list, tuple)) else active
+
+
+def _write_lora(model, tokenizer, folder):
+    if not _is_peft(model):
+        raise FtlibError(
+            "method='lora' saves LoRA adapters, but this model has none (a full fine-tune or a base model): "
+            "use method='merged_16bit' to save all its weights, or add_lora(model) before training"
+        )
+    model.save_pretrained(str(folder), safe_serialization=True)
+    base = base_model_name(model)
+    for config_path in folder.rglob("adapter_config.json"):
+        values = json.loads(config_path.read_text())
+        values["base_model_name_or_path"] = base
+        config_path.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n")
+    tokenizer.save_pretrained(str(folder))
+    return base
+
+
+# ----------------------------------------------------------------------------- merging
+
+
+def _pick_dtype(model, dtype):
+    if dtype is not None:
+        if isinstance(dtype, str):
+            dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}.get(
+                dtype, getattr(torch, dtype, None))
+        if dtype not in (torch.float16, torch.bfloat16, torch.float32):
+            raise FtlibError(f"dtype must be 'float16', 'bfloat16' or 'float32', got {dtype!r}: "
+                             "bfloat16 for modern GPUs, float16 for a T4 or Ollama")
+        return dtype
+    # The embedding matrix is never quantised, so its dtype is the precision the model computes in.
+    return model.get_input_embeddings().weight.dtype
+
+
+def _full_precision_weight(module):
+    """A layer's weight as a float32 tensor, de-quantising 4-bit or 8-bit weights first."""
+    from peft.utils.integrations import dequantize_module_weight
+
+    weight = getattr(module, "weight", None)
+    state = getattr(weight, "quant_state", None)
+    if state is not None and getattr(state, "packing_format_for_cpu", False):
+        return _dequantize_cpu_packed(weight.data, state)
+    return dequantize_module_weight(module).detach().float()
+
+
+def _dequantize_cpu_packed(packed, state, block_n=32):
+    """De-quantise a 4-bit weight that bitsandbytes repacked for its CPU kernel, without touching it.
+
+    On CPUs with AVX512-BF16, bitsandbytes rearranges 4-bit weights on the first eval forward and keeps
+    the block scales in bfloat16. Reading the codes and scales exactly as that kernel does gives the
+    weight the model really computed with, so the merged model matches it.
+    """
+    rows, half = packed.shape
+    columns = half * 2
+    pairs = packed.reshape(-1, block_n)
+    # Each byte holds a low and a high nibble; the kernel's layout interleaves blocks of block_n rows.
+    codes = torch.cat([pairs & 0xF, (pairs >> 4) & 0xF], dim=-1)
+    codes = codes.reshape(rows // block_n, half, block_n, 2).transpose(-3, -2).reshape(rows, columns)
+    scales = state.absmax.T.float()  # (rows, columns / blocksize)
+    values = state.code.float().to(codes.device)[codes.long()]
+    return values * scales.repeat_interleave(state.blocksize, dim=1)
+
+
+def _lora_layer_tensors(name, layer):
+    """The merged weight (and bias) of one LoRA layer, computed in float32 beside the live model."""
+    base_layer = layer.get_base_layer()
+    weight = _full_precision_weight(base_layer)
+    bias = base_layer.bias.detach().float() if getattr(base_layer, "bias", None) is not None else None
+    if not layer.disable_adapters:
+        for adapter in layer.active_adapters:
+            if adapter in getattr(layer, "merged_adapters", []):
+                continue  # already inside the base weight
+            if adapter not in layer.lora_A and adapter not in getattr(layer, "lora_embedding_A", {}):
+                continue
+            if adapter in getattr(layer, "lora_variant", {}):
+                raise FtlibError(
+                    f"layer {name} uses a LoRA variant (e.g. DoRA) that ftlib does not merge: "
+                    "save with method='lora', or merge with peft's model.merge_and_unload()"
+                )
+            weight = weight + layer.get_delta_weight(adapter).detach().float().to(weight.device)
+            if getattr(layer, "lora_bias", {}).get(adapter):
+                bias = bias + layer.lora_B[adapter].bias.detach().float() * layer.scaling[adapter]
+    yield f"{name}.weight", weight
+    if bias is not None:
+        yield f"{name}.bias", bias
+    for parameter_name, parameter in base_layer.named_parameters(recurse=False):
+        if parameter_name not in ("weight", "bias"):
+            yield f"{name}.{parameter_name}", parameter.detach()
+
+
+def _merged_tensors(model):
+    """(name, tensor) for every weight of the model with its adapters merged, named as the base expects."""
+    from peft.tuners.lora import LoraLayer
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.utils import ModulesToSaveWrapper
+
+    root = model.get_base_model() if _is_peft(model) else model
+    skip = None
+    for name, module in root.named_modules():
+        if skip is not None and name.startswith(skip + "."):
+            continue
+        prefix = f"{name}." if name else ""
+        if isinstance(module, LoraLayer):
+            skip = name
+            yield from _lora_layer_tensors(name, module)
+        elif isinstance(module, ModulesToSaveWrapper):
+            skip = name
+            inner = module.original_module
+            if not module.disable_adapters and module.active_adapters[0] in module.modules_to_save:
+                inner = module.modules_to_save[module.active_adapters[0]]
+            for parameter_name, parameter in inner.named_parameters():
+                yield prefix + parameter_name, parameter.detach()
+        elif isinstance(module, BaseTunerLayer):
+            raise FtlibError(
+                f"layer {name} is a {type(module).__name__}, an adapter type ftlib does not merge: "
+                "save with method='lora'"
+            )
+        else:
+            for parameter_name, parameter in module.named_parameters(recurse=False):
+                if parameter_name == "weight" and type(parameter).__name__ in ("Params4bit", "Int8Params"):
+                    yield prefix + parameter_name, _full_precision_weight(module)
+                else:
+                    yield prefix + parameter_name, parameter.detach()
+            for buffer_name, buffer in module.named_buffers(recurse=False):
+                if buffer_name not in module._non_persistent_buffers_set:
+                    yield prefix + buffer_name, buffer.detach()
+
+
+def _parse_size(size):
+    if isinstance(size, int):
+        return size
+    match = re.fullmatch(r"\s*([\d.]+)\s*([kKmMgG]?)B?\s*", str(size))
+    if not match:
+        raise FtlibError(f"max_shard_size must be bytes or like '5GB', got {size!r}")
+    return int(float(match.group(1)) * {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}[match.group(2).lower()])
+
+
+def _write_merged(model, tokenizer, folder, dtype, max_shard_size):
+    """Write the merged weights as safetensors shards, plus config, generation config and tokenizer."""
+    from safetensors.torch import save_file
+
+    root = model.get_base_model() if _is_peft(model) else model
+    dtype = _pick_dtype(root, dtype)
+    input_weight = root.get_input_embeddings().weight
+    output_layer = root.get_output_embeddings()
+    output_name = next((name for name, module in root.named_modules() if module is output_layer), None)
+    output_key = f"{output_name}.weight" if output_name else None
+    text_config = root.config.get_text_config() if hasattr(root.config, "get_text_config") else root.config
+    tied = bool(getattr(text_config, "tie_word_embeddings", False))
+
+    limit = _parse_size(max_shard_size)
+    shards, current, current_bytes, weight_map, total = [], {}, 0, {}, 0
+    dropped_tied = False
+
+    def flush():
+        nonlocal current, current_bytes
+        if current:
+            name = f"model-part-{len(shards):05d}.safetensors"
+            save_file(current, str(folder / name), metadata={"format": "pt"})
+            shards.append((name, list(current)))
+            current, current_bytes = {}, 0
+
+    for key, tensor in _merged_tensors(model):
+        # A tied output matrix is the input matrix itself: store it once, as transformers does.
+        if tied and key == output_key and tensor.data_ptr() == input_weight.data_ptr():
+            dropped_tied = True
+            continue
+        if tensor.is_floating_point():
+            tensor = tensor.to(dtype)
+        tensor = tensor.to("cpu").contiguous().clone()  # own memory: no sharing with the live model
+        size = tensor.numel() * tensor.element_size()
+        if current and current_bytes + size > limit:
+            flush()
+        current[key] = tensor
+        current_bytes += size
+        total += size
+    flush()
+
+    if len(shards) == 1:
+        os.replace(folder / shards[0][0], folder / "model.safetensors")
+    else:
+        for index, (name, keys) in enumerate(shards, start=1):
+            final = f"model-{index:05d}-of-{len(shards):05d}.safetensors"
+            os.replace(folder / name, folder / final)
+            weight_map.update({key: final for key in keys})
+        index_file = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+        (folder / "model.safetensors.index.json").write_text(json.dumps(index_file, indent=2) + "\n")
+
+    config = copy.deepcopy(root.config)
+    for attribute in ("quantization_config", "_pre_quantization_dtype"):
+        if hasattr(config, attribute):
+            delattr(config, attribute)
+    config.dtype = dtype
+    if tied and not dropped_tied:  # an adapter changed one side of the tied pair: keep both, untied
+        text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+        text_config.tie_word_embeddings = False
+        config.tie_word_embeddings = False
+    if not getattr(config, "architectures", None):
+        config.architectures = [type(root).__name__]
+    config.save_pretrained(str(folder))
+    generation_config = getattr(root, "generation_config", None)
+    if generation_config is not None:
+        try:
+            generation_config.save_pretrained(str(folder))
+        except ValueError:  # a model's own inconsistent sampling defaults: keep just the token ids
+            from transformers import GenerationConfig
+
+            GenerationConfig(
+                bos_token_id=generation_config.bos_token_id, eos_token_id=generation_config.eos_token_id,
+                pad_token_id=generation_config.pad_token_id,
+            ).save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    return dtype
+
+
+# ----------------------------------------------------------------------------- Ollama
+
+
+def chat_template_parts(tokenizer):
+    """Split the tokenizer's chat template into the literal text around each role's content.
+
+    Found by rendering small conversations with marker contents, then checked: the parts must
+    rebuild the template's own output for several conversations, or this raises FtlibError.
+
+    Example:
+        >>> chat_template_parts(tokenizer)["assistant"]  # doctest: +SKIP
+        ('<|assistant|>\\n', '<|end|>')
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        raise FtlibError(
+            "method='ollama' needs a chat template to write the Modelfile's TEMPLATE, and this tokenizer has "
+            "none: set tokenizer.chat_template (the format you trained on), or save with method='merged_16bit'"
+        )
+    system, user, reply, user2 = "ftlib-sys-q7", "ftlib-user-q7", "ftlib-reply-q7", "ftlib-again-q7"
+
+    def render(messages, add_generation_prompt=False):
+        return tokenizer.apply_chat_template(
+            [{"role": role, "content": content} for role, content in messages],
+            tokenize=False, add_generation_prompt=add_generation_prompt,
+        )
+
+    failure = FtlibError(
+        "could not translate this tokenizer's chat template into an Ollama TEMPLATE (it renders turns "
+        "differently depending on their position): save with method='merged_16bit' and write the Modelfile "
+        "by hand (https://github.com/ollama/ollama/blob/main/docs/template.md)"
+    )
+    try:
+        one = render([("user", user)])
+        prompt = render([("user", user)], add_generation_prompt=True)
+        two = render([("user", user), ("assistant", reply)])
+        three = render([("user", user), ("assistant", reply), ("user", user2)])
+    except Exception as error:
+        raise failure from error
+    if not (prompt.startswith(one) and two.startswith(one) and three.startswith(two)):
+        raise failure
+    generation_prompt = prompt[len(one):]
+    assistant = tuple(two[len(one):].split(reply))
+    user_turn = tuple(three[len(two):].split(user2))
+    if len(assistant) != 2 or len(user_turn) != 2 or not one.endswith(user_turn[0] + user + user_turn[1]):
+        raise failure
+    head = one[: len(one) - len(user_turn[0] + user + user_turn[1])]
+    parts = {"head": head, "user": user_turn, "assistant": assistant, "generation_prompt": generation_prompt,
+             "system": None}
+    try:
+        with_system = render([("system", system), ("user", user)])
+        user_text = user_turn[0] + user + user_turn[1]
+        if with_system.startswith(head) and with_system.endswith(user_text):
+            system_turn = tuple(with_system[len(head): len(with_system) - len(user_text)].split(system))
+            if len(system_turn) == 2:
+                parts["system"] = system_turn
+    except Exception:  # templates that reject system messages (some do) simply get no system branch
+        pass
+    checks = [[("user", "Hi")], [("user", "a"), ("assistant", "b"), ("user", "c")]]
+    if parts["system"]:
+        checks.append([("system", "s"), ("user", "a"), ("assistant", "b"), ("user", "c")])
+    for messages in checks:
+        for add in (False, True):
+            expected = render(messages, add_generation_prompt=add)
+            if render_with_parts(parts, [{"role": r, "content": c} for r, c in messages], add) != expected:
+                raise failure
+    return parts
+
+
+def render_with_parts(parts, messages, add_generation_prompt=True):
+    """Render a conversation from `chat_template_parts` the way the Ollama TEMPLATE does.
+
+    Example:
+        >>> render_with_parts(parts, [{"role": "user", "content": "Hi"}])  # doctest: +SKIP
+    """
+    text = parts["head"]
+    for message in messages:
+        prefix, suffix = parts[message["role"]]
+        text += prefix + message["content"] + suffix
+    if add_generation_prompt and messages[-1]["role"] != "assistant":
+        text += parts["generation_prompt"]
+    return text
+
+
+def _go_string(text):
+    # A Go template string literal; JSON's escapes (\n, \", \\, \uXXXX) are valid Go escapes too.
+    return "{{ " + json.dumps(text, ensure_ascii=False) + " }}"
+
+
+def ollama_stops(tokenizer, parts):
+    """Stop strings for Ollama: the end-of-turn marker, EOS, and the start of a user turn."""
+    stops = []
+    for text in (parts["assistant"][1].strip(), tokenizer.eos_token, parts["user"][0].strip()):
+        if text and text not in stops:
+            stops.append(text)
+    return stops
+
+
+def ollama_modelfile(tokenizer, source=".", system_prompt=None):
+    """A Modelfile whose TEMPLATE and stops come from the tokenizer's chat template.
+
+    Example:
+        >>> print(ollama_modelfile(tokenizer))  # doctest: +SKIP
+    """
+    parts = chat_template_parts(tokenizer)
+    head = parts["head"]
+    bos = getattr(tokenizer, "bos_token", None)
+    adds_bos = bos is not None and tokenizer("a")["input_ids"][:1] == [tokenizer.bos_token_id]
+    if adds_bos and head.startswith(bos):
+        head = head[len(bos):]  # the runtime adds BOS itself, as the tokenizer does; don't write it twice
+    branches = []
+    if parts["system"]:
+        branches.append('if eq .Role "system" }}' + _go_string(parts["system"][0]) + "{{ .Content }}"
+                        + _go_string(parts["system"][1]))
+    branches.append('if eq .Role "user" }}' + _go_string(parts["user"][0]) + "{{ .Content }}"
+                    + _go_string(parts["user"][1]) + "{{ if $last }}" + _go_string(parts["generation_prompt"])
+                    + "{{ end }}")
+    branches.append('if eq .Role "assistant" }}' + _go_string(parts["assistant"][0]) + "{{ .Content }}"
+                    + "{{ if not $last }}" + _go_string(parts["assistant"][1]) + "{{ end }}")
+    body = "\n{{- else ".join(["{{- " + branches[0]] + branches[1:])
+    template = (
+        (_go_string(head) if head else "")
+        + "\n{{- range $i, $_ := .Messages }}\n{{- $last := eq (len (slice $.Messages $i)) 1 }}\n"
+        + body + "\n{{- end }}\n{{- end }}"
+    )
+    lines = [
+        "# Written by ftlib from the tokenizer's chat template. Import with:",
+        "#   ollama create my-model -f Modelfile   (run in this folder)",
+        f"FROM {source}",
+        f'TEMPLATE """{template}"""',
+    ]
+    lines += [f"PARAMETER stop {json.dumps(stop, ensure_ascii=False)}" for stop in ollama_stops(tokenizer, parts)]
+    if system_prompt:
+        lines.append(f'SYSTEM """{system_prompt}"""')
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- GGUF
+
+
+GGUF_STEPS = (
+    "GGUF export needs llama.cpp's converter, which was not found. To install it:\n"
+    "  git clone https://github.com/ggml-org/llama.cpp\n"
+    "  pip install -r llama.cpp/requirements.txt                    # the converter's Python packages\n"
+    "  cmake -S llama.cpp -B llama.cpp/build && cmake --build llama.cpp/build --target llama-quantize -j"
+    "   # only for q4_k_m\n"
+    "then pass llama_cpp_dir='llama.cpp' (or set LLAMA_CPP_DIR). Or convert by hand:\n"
+    "  save(model, tokenizer, 'merged', method='merged_16bit')\n"
+    "  python llama.cpp/convert_hf_to_gguf.py merged --outtype q8_0 --outfile model-q8_0.gguf"
+)
+
+
+def find_llama_cpp(llama_cpp_dir=None):
+    """(converter script, llama-quantize binary or None) from llama_cpp_dir, LLAMA_CPP_DIR or PATH.
+
+    Example:
+        >>> find_llama_cpp("llama.cpp")  # doctest: +SKIP
+    """
+    folders = [Path(p).expanduser() for p in (llama_cpp_dir, os.environ.get("LLAMA_CPP_DIR")) if p]
+    converter = next((f / "convert_hf_to_gguf.py" for f in folders if (f / "convert_hf_to_gguf.py").is_file()), None)
+    if converter is None:
+        found = shutil.which("convert_hf_to_gguf.py") or shutil.which("convert-hf-to-gguf")
+        converter = Path(found) if found else None
+    quantizer = None
+    for folder in folders:
+        for candidate in (folder / "build" / "bin" / "llama-quantize", folder / "llama-quantize"):
+            if candidate.is_file() and os.access(candidate, os.X_OK):
+                quantizer = quantizer or candidate
+    if quantizer is None and shutil.which("llama-quantize"):
+        quantizer = Path(shutil.which("llama-quantize"))
+    return converter, quantizer
+
+
+def _check_gguf_tools(quantizations, llama_cpp_dir):
+    for name in quantizations:
+        if name not in GGUF_QUANTIZATIONS:
+            raise FtlibError(f"unknown GGUF quantization {name!r}: use one of {sorted(GGUF_QUANTIZATIONS)} "
+                             "(q8_0: near-lossless, half of 16-bit; q4_k_m: a quarter, small quality loss)")
+    converter, quantizer = find_llama_cpp(llama_cpp_dir)
+    if converter is None:
+        raise FtlibError(GGUF_STEPS)
+    if "q4_k_m" in quantizations and quantizer is None:
+        raise FtlibError("q4_k_m needs llama.cpp's llama-quantize program, which was not found: "
+                         "cmake -S llama.cpp -B llama.cpp/build && cmake --build llama.cpp/build "
+                         "--target llama-quantize -j, then pass llama_cpp_dir='llama.cpp'; or use quantization='q8_0'")
+    return converter, quantizer
+
+
+def _run(command):
+    finished = subprocess.run([str(part) for part in command], capture_output=True, text=True)
+    if finished.returncode != 0:
+        tail = (finished.stderr or finished.stdout).strip()[-1500:]
+        program = Path(str(command[1] if command[0] == sys.executable else command[0])).name
+        raise FtlibError(f"{program} failed "
+                         f"(exit {finished.returncode}):\n{tail}\nCheck that llama.cpp is up to date "
+                         "(git pull) and supports this architecture.")
+
+
+def _write_gguf(folder, quantizations, converter, quantizer):
+    written = []
+    for name in quantizations:
+        output = folder / f"model-{name}.gguf"
+        if name == "q4_k_m":
+            # The converter writes 16-bit; llama-quantize then makes the k-quant from it.
+            intermediate = folder / "model-f16.gguf.partial"
+            _run([sys.executable, converter, folder, "--outfile", intermediate, "--outtype", "f16"])
+            _run([quantizer, intermediate, output, GGUF_QUANTIZATIONS[name]])
+            intermediate.unlink(missing_ok=True)
+        else:
+            _run([sys.executable, converter, folder, "--outfile", output, "--outtype", name])
+        written.append(output.name)
+    return written
+
+
+# ----------------------------------------------------------------------------- Hub
+
+
+def resolve_token(token=None, prompt=getpass.getpass):
+    """The Hub token: the argument, else HF_TOKEN, else a saved login, else a hidden prompt.
+
+    Example:
+        >>> token = resolve_token()  # doctest: +SKIP
+    """
+    if token:
+        return token
+    if os.environ.get("HF_TOKEN"):
+        return os.environ["HF_TOKEN"]
+    try:
+        from huggingface_hub import get_token
+
+        saved = get_token()
+    except Exception:  # no saved login
+        saved = None
+    if saved:
+        return saved
+    typed = prompt("Hugging Face token with write access (hidden): ").strip()
+    if not typed:
+        raise FtlibError("no Hugging Face token: pass token=..., set HF_TOKEN, or run `hf auth login` "
+                         "(create one at https://huggingface.co/settings/tokens, 'write' access)")
+    return typed
+
+
+def push_to_hub(folder, repo_id, token=None, private=True, commit_message="Upload with ftlib", api=None,
+                prompt=getpass.getpass):
+    """Upload a folder that `save` wrote to a Hub repository (created when missing); returns its URL.
+
+    The token is used for the upload only: never printed, logged or written into any file.
+
+    Example:
+        >>> push_to_hub("my-adapter", "your-name/my-adapter")  # doctest: +SKIP
+        'https://huggingface.co/your-name/my-adapter'
+    """
+    if not isinstance(repo_id, str) or not re.fullmatch(r"[\w.-]+/[\w.-]+", repo_id):
+        raise FtlibError(f"repo_id must look like 'your-name/model-name', got {repo_id!r}")
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FtlibError(f"nothing to push: {folder} is not a folder; save the model there first")
+    secret = resolve_token(token, prompt)
+    if api is None:
+        from huggingface_hub import HfApi
+
+        api = HfApi()
+    try:
+        api.create_repo(repo_id=repo_id, token=secret, private=private, exist_ok=True)
+        api.upload_folder(folder_path=str(folder), repo_id=repo_id, token=secret, commit_message=commit_message)
+    except Exception as error:
+        message = str(error).replace(secret, "***")  # errors may echo request headers
+        raise FtlibError(
+            f"pushing {folder} to {repo_id} failed ({type(error).__name__}: {message[:500]}): check the network, "
+            "that the token has 'write' access (https://huggingface.co/settings/tokens) and that you may "
+            f"write to '{repo_id.split('/')[0]}'"
+        ) from None  # keep the original error (and any token in it) out of the traceback
+    return f"https://huggingface.co/{repo_id}"
+
+
+# ----------------------------------------------------------------------------- model card
+
+
+_SECRET_KEYS = re.compile(r"token|secret|password|key", re.IGNORECASE)
+
+
+def _table(values):
+    rows = [f"| {name} | {value} |" for name, value in values.items()
+            if not _SECRET_KEYS.search(str(name)) and value is not None]
+    return ["| setting | value |", "| --- | --- |", *rows] if rows else []
+
+
+def model_card(model, method, base, dtype=None):
+    """A short README.md: base model, adapter settings, data shape, hyperparameters, final losses.
+
+    Reads `model.ftlib_training` when `train` set it: keys `data` (dict), `hyperparameters` (dict),
+    `final_loss`, `final_eval_loss`, `steps`, `seconds`, `stopped_reason`.
+
+    Example:
+        >>> print(model_card(model, "lora", "ftlib-tiny"))  # doctest: +SKIP
+    """
+    training = getattr(model, "ftlib_training", None) or {}
+    kind = {"lora": "LoRA adapter", "merged_16bit": "merged model", "ollama": "merged model for Ollama",
+            "gguf": "merged model with GGUF files"}[method]
+    library = "peft" if method == "lora" else "transformers"
+    lines = ["---", f"base_model: {base}", f"library_name: {library}", "tags:", "- ftlib",
+             f"- {'lora' if method == 'lora' else 'merged'}", "---", "",
+             f"# {kind} fine-tuned from {base}", "", "Made with ftlib.", ""]
+    if method == "lora":
+        lines += ["Load it (the base model loads first, then this adapter):", "", "```python",
+                  "from ftlib import load_model, generate", "model, tokenizer = load_model('path/to/this/folder')",
+                  "```", ""]
+    else:
+        precision = str(dtype).replace("torch.", "") if dtype is not None else "the base's"
+        lines += [f"LoRA merged into the base weights in float32, stored as {precision}; loads without peft:", "",
+                  "```python", "from ftlib import load_model", "model, tokenizer = load_model('path/to/this/folder')",
+                  "```", ""]
+    if _is_peft(model):
+        config = model.peft_config.get(_active_adapter(model))
+        adapter = {name: getattr(config, name, None) for name in
+                   ("r", "lora_alpha", "lora_dropout", "use_rslora")}
+        modules = getattr(config, "target_modules", None)
+        adapter["target_modules"] = ", ".join(sorted(modules)) if isinstance(modules, (set, list)) else modules
+        lines += ["## Adapter", "", *_table(adapter), ""]
+    if training.get("data"):
+        data = training["data"] if isinstance(training["data"], dict) else {"data": training["data"]}
+        lines += ["## Data", "", *_table(data), ""]
+    if training.get("hyperparameters"):
+        lines += ["## Hyperparameters", "", *_table(training["hyperparameters"]), ""]
+    results = {name: training.get(name) for name in
+               ("final_loss", "final_eval_loss", "steps", "seconds", "stopped_reason")}
+    for name in ("final_loss", "final_eval_loss", "seconds"):
+        if isinstance(results[name], float):
+            results[name] = f"{results[name]:.4f}" if name != "seconds" else f"{results[name]:.0f}"
+    if any(value is not None for value in results.values()):
+        lines += ["## Results", "", *_table(results), ""]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- save
+
+
+def save(
+    model,
+    tokenizer,
+    path,
+    method="lora",  # lora: small adapter | merged_16bit: standalone model | ollama | gguf (needs llama.cpp)
+    overwrite=False,  # True replaces an earlier save in `path`; other files are never deleted
+    dtype=None,  # merged methods: None = the precision the model computes in; 'float16' halves float32
+    max_shard_size="5GB",  # merged methods: largest safetensors file; 5GB suits the Hub and vLLM
+    quantization="q8_0",  # gguf: 'q8_0' (near-lossless) and/or 'q4_k_m' (smaller); a list gives several
+    llama_cpp_dir=None,  # gguf: your llama.cpp checkout; None looks at LLAMA_CPP_DIR and PATH
+    system_prompt=None,  # ollama / gguf: an optional SYSTEM line for the Modelfile
+    push_to_hub=False,  # also upload the saved folder to the Hugging Face Hub
+    repo_id=None,  # with push_to_hub: 'your-name/model-name'
+    token=None,  # with push_to_hub: None uses HF_TOKEN, a saved login, or asks (hidden)
+    private=True,  # with push_to_hub: a new repository starts private
+    verbose=True,  # print what was written and its size
+    hub_api=None,  # with push_to_hub: a huggingface_hub.HfApi-like object (tests pass a fake)
+):
+    """Save a fine-tuned model so `load_model(path)` (or vLLM, Ollama, llama.cpp) can run it.
+
+    Returns a SaveResult listing each file and its size. Writes to a temporary folder beside `path`
+    and renames it into place at the end: a failure leaves any earlier save intact.
+
+    Example:
+        >>> save(model, tokenizer, "my-adapter")  # doctest: +SKIP
+    """
+    if method not in METHODS:
+        raise FtlibError(f"unknown save method {method!r}: use one of {', '.join(METHODS)} "
+                         "('lora' is smallest; 'merged_16bit' for vLLM; 'ollama' for Ollama)")
+    if push_to_hub and not repo_id:
+        raise FtlibError("push_to_hub=True needs repo_id='your-name/model-name'")
+    if push_to_hub and method == "gguf":
+        raise FtlibError("push_to_hub supports 'lora', 'merged_16bit' and 'ollama' saves; for GGUF, save "
+                         "first, then push_to_hub(folder, repo_id)")
+    target = _check_target(path, overwrite)
+    quantizations = [quantization] if isinstance(quantization, str) else list(quantization)
+    converter = quantizer = None
+    if method == "gguf":  # find the tools before doing any work
+        converter, quantizer = _check_gguf_tools(quantizations, llama_cpp_dir)
+    if method == "ollama":
+        chat_template_parts(tokenizer)  # fail early when the template cannot be translated
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.name}.saving-{uuid.uuid4().hex[:8]}")
+    temporary.mkdir()
+    notes = []
+    try:
+        if method == "lora":
+            base = _write_lora(model, tokenizer, temporary)
+            dtype_written = None
+            notes.append(f"Load it with: load_model({str(target)!r})  (base: {base})")
+        else:
+            dtype_written = _write_merged(model, tokenizer, temporary, dtype, max_shard_size)
+            try:
+                base = base_model_name(model)
+            except FtlibError:  # a model built in memory has no name to record
+                base = "unknown"
+            if dtype_written == torch.float32:
+                notes.append("Weights are float32, the precision the model was loaded in; dtype='float16' "
+                             "halves the size.")
+            notes.append(f"Load it with: load_model({str(target)!r}); serve with: vllm serve {target}")
+        if method in ("ollama", "gguf"):
+            gguf_files = []
+            if method == "gguf":
+                gguf_files = _write_gguf(temporary, quantizations, converter, quantizer)
+            source = f"./{gguf_files[0]}" if gguf_files else "."
+            (temporary / "Modelfile").write_text(ollama_modelfile(tokenizer, source, system_prompt))
+            notes.append(f"Import into Ollama: cd {target} && ollama create my-model -f Modelfile")
+        (temporary / "README.md").write_text(model_card(model, method, base, dtype_written))
+        _swap_into_place(temporary, target)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    result = SaveResult(path=target, method=method, files=_listing(target), notes=notes)
+    if push_to_hub:
+        result.repo_url = push_to_hub_function(target, repo_id, token=token, private=private, api=hub_api)
+    if verbose:
+        print(result)
+    return result
+
+
+push_to_hub_function = push_to_hub  # `save` has an argument of the same name

@@ -1,0 +1,297 @@
+"""Step 6 of the guide: train, on TRL's SFTTrainer, and keep a history a plot or a diagnosis can read."""
+
+import math
+import time
+
+import torch
+from transformers import TrainerCallback
+from transformers.trainer_callback import PrinterCallback
+
+from ftlib import acceleration
+from ftlib.errors import FtlibError
+from ftlib.history import TrainingHistory
+
+
+def train(
+    model,
+    tokenizer,
+    dataset,
+    per_device_train_batch_size=2,  # 1-8: larger is faster per example but needs more memory
+    gradient_accumulation_steps=4,  # effective batch = 2 x 4 = 8; raise it instead of the batch when memory is short
+    max_steps=60,  # optimizer steps; 60 is a quick first run, ignored when num_train_epochs is set
+    num_train_epochs=None,  # 1-3 passes over the data; more risks over-fitting
+    learning_rate=2e-4,  # 2e-4 for LoRA; 1e-4 to 5e-5 is gentler and suits longer runs and full fine-tuning
+    warmup_steps=5,  # steps of linearly rising learning rate at the start: steadies the first updates
+    lr_scheduler_type="linear",  # "linear" decays to 0; "cosine" decays smoothly; "constant" never does
+    weight_decay=0.01,  # 0-0.1: a mild pull of weights toward 0 against over-fitting
+    max_seq_length=None,  # None = the tokenizer's model_max_length (load_model's max_seq_length)
+    eval_dataset=None,  # held-out examples: their loss shows over-fitting that training loss hides
+    eval_steps=None,  # evaluate every this many steps; None = about 10 times a run
+    logging_steps=1,  # log the training loss every step: the live plot and the history use it
+    output_dir="outputs",  # checkpoints go here when save_steps is set
+    save_steps=None,  # save a checkpoint every this many steps so a stopped run can resume
+    resume=False,  # True continues from the last checkpoint in output_dir
+    early_stopping_patience=None,  # stop after this many evaluations without a better held-out loss
+    seed=3407,  # same seed, same data order and dropout: runs repeat
+    callbacks=None,  # extra transformers TrainerCallbacks, e.g. the notebooks' live loss plot
+    optim=None,  # None = 8-bit AdamW on a GPU, AdamW on the CPU
+    verbose=True,  # print a progress line about ten times a run; notebooks show a live plot instead
+):
+    """Fine-tune `model` on `dataset` and return the loss history.
+
+    `dataset` is what `format_dataset` returned (a DatasetDict's "test" split becomes the held-out set),
+    or raw rows, which are formatted first. The model learns in place; afterwards it is in eval mode.
+
+    Example:
+        >>> history = train(model, tokenizer, format_dataset(rows, tokenizer), max_steps=60)
+        >>> history.final_loss
+        0.52
+    """
+    _check_settings(
+        per_device_train_batch_size, gradient_accumulation_steps, max_steps, num_train_epochs,
+        learning_rate, warmup_steps, save_steps, eval_steps, early_stopping_patience,
+    )
+    max_seq_length = max_seq_length or tokenizer.model_max_length
+    train_dataset, eval_dataset = _prepare_datasets(dataset, eval_dataset, tokenizer, max_seq_length)
+    if early_stopping_patience is not None and eval_dataset is None:
+        raise FtlibError(
+            "early_stopping_patience needs held-out data to watch: pass eval_dataset=..., or "
+            "format_dataset(..., test_size=0.2) and train on the DatasetDict it returns"
+        )
+
+    from transformers import EarlyStoppingCallback
+    from transformers.trainer_utils import get_last_checkpoint
+    from trl import SFTConfig
+
+    checkpoint = None
+    if resume:
+        checkpoint = get_last_checkpoint(output_dir) if _is_folder(output_dir) else None
+        if checkpoint is None:
+            raise FtlibError(
+                f"resume=True but {output_dir!r} holds no checkpoint: train with save_steps=... "
+                "(and the same output_dir) first, or leave resume=False to start fresh"
+            )
+
+    by_epochs = num_train_epochs is not None
+    total_steps = _planned_steps(len(train_dataset), per_device_train_batch_size, gradient_accumulation_steps,
+                                 num_train_epochs) if by_epochs else max_steps
+    if eval_dataset is not None and eval_steps is None:
+        eval_steps = max(1, total_steps // 10)
+    if early_stopping_patience is not None:
+        save_steps = eval_steps  # the best checkpoint can only be kept if one is saved at each evaluation
+
+    device = next(model.parameters()).device
+    model_dtype = _compute_dtype(model)
+    extra = acceleration.trainer_settings(model)
+    if optim is not None:
+        extra["optim"] = optim
+    settings = dict(
+        output_dir=output_dir,
+        per_device_train_batch_size=per_device_train_batch_size,
+        per_device_eval_batch_size=per_device_train_batch_size,
+        gradient_accumulation_steps=gradient_accumulation_steps,
+        max_steps=-1 if by_epochs else max_steps,
+        num_train_epochs=num_train_epochs if by_epochs else 1,
+        learning_rate=learning_rate,
+        warmup_steps=warmup_steps,
+        lr_scheduler_type=lr_scheduler_type,
+        weight_decay=weight_decay,
+        logging_steps=logging_steps,
+        eval_strategy="steps" if eval_dataset is not None else "no",
+        eval_steps=eval_steps,
+        save_strategy="steps" if save_steps else "no",
+        save_steps=save_steps or 500,
+        load_best_model_at_end=early_stopping_patience is not None,
+        metric_for_best_model="eval_loss" if early_stopping_patience is not None else None,
+        greater_is_better=False if early_stopping_patience is not None else None,
+        seed=seed,
+        data_seed=seed,
+        bf16=device.type == "cuda" and model_dtype == torch.bfloat16,
+        fp16=device.type == "cuda" and model_dtype == torch.float16,
+        gradient_checkpointing=False,  # add_lora already set it up the way the user chose
+        max_length=max_seq_length,
+        report_to="none",
+        disable_tqdm=True,  # the history, the notebooks' live plot and our own progress line report instead
+        dataloader_num_workers=0,
+        dataloader_pin_memory=device.type == "cuda",
+    )
+    settings.update(extra)  # the speed options may replace defaults above (e.g. max_length for padding-free)
+    config = SFTConfig(**settings)
+    history = TrainingHistory()
+    all_callbacks = [_HistoryCallback(history), *(callbacks or [])]
+    if verbose:
+        all_callbacks.append(_ProgressCallback(history))
+    if early_stopping_patience is not None:
+        all_callbacks.append(EarlyStoppingCallback(early_stopping_patience=early_stopping_patience))
+
+    trainer = _trainer_class()(
+        model=model,
+        args=config,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        callbacks=all_callbacks,
+    )
+    trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; the progress line replaces it
+    model.config.use_cache = False  # the generation cache only costs memory while training
+    started = time.perf_counter()
+    try:
+        trainer.train(resume_from_checkpoint=checkpoint)
+    except KeyboardInterrupt:
+        history.stopped_reason = "interrupted"
+        print(
+            f"Training interrupted at step {trainer.state.global_step}: the model keeps what it learned so "
+            "far and the history is returned. "
+            + (f"To continue from the last checkpoint, call train(..., resume=True, output_dir={output_dir!r})."
+               if save_steps else "Next time pass save_steps=... to be able to resume from a checkpoint.")
+        )
+    finally:
+        history.seconds = time.perf_counter() - started
+        model.config.use_cache = True
+        model.eval()
+    if history.stopped_reason == "finished" and trainer.state.global_step < total_steps and early_stopping_patience:
+        history.stopped_reason = "early_stopping"
+    if history.eval_loss:
+        history.best_step = history.eval_steps[history.eval_loss.index(min(history.eval_loss))]
+    model.ftlib_training = {
+        "learning_rate": learning_rate,
+        "per_device_train_batch_size": per_device_train_batch_size,
+        "gradient_accumulation_steps": gradient_accumulation_steps,
+        "max_steps": None if by_epochs else max_steps,
+        "num_train_epochs": num_train_epochs,
+        "steps_done": trainer.state.global_step,
+        "train_examples": len(train_dataset),
+        "final_loss": history.final_loss,
+        "final_eval_loss": history.final_eval_loss,
+        "data_shape": getattr(train_dataset, "ftlib_shape", None) or "",
+    }
+    return history
+
+
+class _HistoryCallback(TrainerCallback):
+    """Copies every logged loss into the history as it happens (so an interrupted run keeps it)."""
+
+    def __init__(self, history):
+        self.history = history
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self.history.record(logs or {}, state.global_step, state.epoch)
+
+
+class _ProgressCallback(TrainerCallback):
+    """Prints `step 30/60  loss 1.234  held-out 1.301  12 s, about 12 s left` about ten times a run."""
+
+    def __init__(self, history):
+        self.history = history
+        self.started = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started = time.perf_counter()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        every = max(1, state.max_steps // 10)
+        if "loss" not in logs or (state.global_step % every and state.global_step != state.max_steps):
+            return
+        elapsed = time.perf_counter() - self.started
+        left = elapsed / max(state.global_step, 1) * (state.max_steps - state.global_step)
+        held_out = f"  held-out {self.history.eval_loss[-1]:.3f}" if self.history.eval_loss else ""
+        print(f"step {state.global_step}/{state.max_steps}  loss {float(logs['loss']):.3f}{held_out}  "
+              f"{elapsed:.0f} s, about {left:.0f} s left", flush=True)
+
+
+def _trainer_class():
+    """TRL's SFTTrainer, with the model's own loss where TRL's fused loss head cannot run.
+
+    TRL 1.15 computes the loss with a Triton kernel, which needs a GPU; on a CPU (and where Triton is
+    missing) the model's own cross-entropy gives the same loss.
+    """
+    from transformers import Trainer
+    from trl import SFTTrainer
+    from trl.trainer import utils as trl_utils
+
+    class FtlibTrainer(SFTTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            on_gpu = inputs["input_ids"].device.type in ("cuda", "xpu")
+            if on_gpu and getattr(trl_utils, "_ChunkedLogProbFunction", None) is not None:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+
+    return FtlibTrainer
+
+
+def _prepare_datasets(dataset, eval_dataset, tokenizer, max_seq_length):
+    from datasets import DatasetDict
+
+    if isinstance(dataset, DatasetDict):
+        if "train" not in dataset:
+            raise FtlibError(
+                f"the DatasetDict has splits {list(dataset)} but no 'train': pass dataset['<name>'] instead"
+            )
+        if eval_dataset is None and "test" in dataset:
+            eval_dataset = dataset["test"]
+        dataset = dataset["train"]
+    train_dataset = _tokenized(dataset, tokenizer, max_seq_length, "dataset")
+    if eval_dataset is not None:
+        eval_dataset = _tokenized(eval_dataset, tokenizer, max_seq_length, "eval_dataset")
+    return train_dataset, eval_dataset
+
+
+def _tokenized(dataset, tokenizer, max_seq_length, name):
+    from datasets import Dataset
+
+    if isinstance(dataset, Dataset) and "input_ids" in dataset.column_names:
+        if len(dataset) == 0:
+            raise FtlibError(f"{name} is empty: training needs at least one example")
+        shape = getattr(dataset, "ftlib_shape", None)
+        keep = [column for column in ("input_ids", "labels") if column in dataset.column_names]
+        dataset = dataset.select_columns(keep)
+        dataset.ftlib_shape = shape
+        return dataset
+    from ftlib.data import format_dataset
+
+    return _tokenized(format_dataset(dataset, tokenizer, max_seq_length=max_seq_length), tokenizer,
+                      max_seq_length, name)
+
+
+def _check_settings(batch, accumulation, max_steps, epochs, learning_rate, warmup, save_steps, eval_steps, patience):
+    def whole(name, value, hint, allow_none=False):
+        if value is None and allow_none:
+            return
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise FtlibError(f"{name} must be a positive whole number, got {value!r}: try {hint}")
+
+    whole("per_device_train_batch_size", batch, "2 (or 1 if memory is short)")
+    whole("gradient_accumulation_steps", accumulation, "4 (effective batch = batch size x accumulation)")
+    if epochs is None:
+        whole("max_steps", max_steps, "60, or set num_train_epochs=1 to train by passes over the data")
+    elif isinstance(epochs, bool) or not isinstance(epochs, (int, float)) or epochs <= 0:
+        raise FtlibError(f"num_train_epochs must be a positive number, got {epochs!r}: try 1 to 3")
+    if isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float)) or not learning_rate > 0 \
+            or math.isinf(learning_rate):
+        raise FtlibError(
+            f"learning_rate must be a positive number, got {learning_rate!r}: try 2e-4 for LoRA "
+            "(1e-4 to 5e-5 for gentler, longer runs)"
+        )
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise FtlibError(f"warmup_steps must be a whole number of at least 0, got {warmup!r}: try 5")
+    whole("save_steps", save_steps, "50 (a checkpoint every 50 steps)", allow_none=True)
+    whole("eval_steps", eval_steps, "10, or None to evaluate about 10 times a run", allow_none=True)
+    whole("early_stopping_patience", patience, "3 evaluations", allow_none=True)
+
+
+def _planned_steps(examples, batch, accumulation, epochs):
+    return max(1, math.ceil(math.ceil(examples / batch) / accumulation * epochs))
+
+
+def _compute_dtype(model):
+    for parameter in model.parameters():
+        if parameter.dtype in (torch.float16, torch.bfloat16, torch.float32):
+            return parameter.dtype
+    return torch.float32
+
+
+def _is_folder(path):
+    from pathlib import Path
+
+    return Path(path).is_dir()

@@ -1,0 +1,187 @@
+"""The core path on the tiny model: load_model, add_lora, train (and the errors that name the fix)."""
+
+import pytest
+import torch
+
+from ftlib import add_lora, format_dataset, generate, load_model, save, train
+from ftlib.demo import load_headlines
+from ftlib.errors import FtlibError
+
+
+def _lora_weights(model):
+    return {name: parameter.detach().clone() for name, parameter in model.named_parameters() if "lora_" in name}
+
+
+def _frozen_weights(model):
+    return {name: parameter.detach().clone() for name, parameter in model.named_parameters()
+            if "lora_" not in name and parameter.dtype.is_floating_point}
+
+
+@pytest.fixture(scope="module")
+def headline_rows():
+    return load_headlines("train")[:64]
+
+
+# load_model ---------------------------------------------------------------------------------------------
+
+
+def test_demo_alias_and_local_folder_load_the_same_model(tiny_path):
+    model, tokenizer = load_model("ftlib-tiny", load_in_4bit=False, max_seq_length=256)
+    again, _ = load_model(str(tiny_path), load_in_4bit=False)
+    assert model.config.model_type == "llama"
+    assert next(model.parameters()).dtype == torch.float32  # dtype=None on the CPU means fp32
+    assert tokenizer.model_max_length == 256
+    assert tokenizer.pad_token is not None and tokenizer.eos_token is not None
+    assert model.ftlib_settings["model_name"] == "ftlib-tiny"
+    for (name, weight), (_, other) in zip(model.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(weight, other), name
+
+
+def test_unknown_model_name_offline_says_what_to_do():
+    with pytest.raises(FtlibError) as error:
+        load_model("no-such-org/no-such-model-xyz", load_in_4bit=False)
+    message = str(error.value)
+    assert "neither a local folder nor reachable on the Hugging Face Hub" in message
+    assert "load_model('./path/to/model')" in message
+
+
+def test_missing_local_folder_is_named():
+    with pytest.raises(FtlibError, match="no folder at .*does-not-exist"):
+        load_model("./does-not-exist", load_in_4bit=False)
+
+
+def test_4bit_and_8bit_together_is_refused():
+    with pytest.raises(FtlibError, match="pick one"):
+        load_model("ftlib-tiny", load_in_4bit=True, load_in_8bit=True)
+
+
+def test_4bit_load_and_a_training_step_on_cpu(headline_rows):
+    model, tokenizer = load_model("ftlib-tiny", load_in_4bit=True, max_seq_length=128)
+    quantized = [m for m in model.modules() if type(m).__name__ == "Linear4bit"]
+    assert len(quantized) == 4 * 7  # every projection of the 4 layers is stored in 4 bits
+    model = add_lora(model, use_gradient_checkpointing=True)
+    before = _lora_weights(model)
+    history = train(model, tokenizer, format_dataset(headline_rows[:16], tokenizer), max_steps=2,
+                    learning_rate=1e-3, output_dir="/tmp/ftlib-test-4bit")
+    after = _lora_weights(model)
+    assert len(history.loss) == 2 and all(torch.isfinite(torch.tensor(history.loss)))
+    assert any(not torch.equal(before[name], after[name]) for name in before)
+
+
+# add_lora -----------------------------------------------------------------------------------------------
+
+
+def test_add_lora_reports_and_trains_only_adapters(tiny_model, capsys):
+    model, _ = tiny_model
+    model = add_lora(model, r=8, lora_alpha=16)
+    trainable, total = model.ftlib_trainable_parameters
+    assert f"trainable parameters: {trainable:,} of {total:,}" in capsys.readouterr().out
+    assert 0 < trainable < total / 5
+    names = [name for name, parameter in model.named_parameters() if parameter.requires_grad]
+    assert names and all("lora_" in name for name in names)
+    # 7 projections x 4 layers x (A and B)
+    assert len(names) == 7 * 4 * 2
+
+
+@pytest.mark.parametrize("bad", [0, -4, 2.5])
+def test_bad_rank_names_the_fix(tiny_model, bad):
+    model, _ = tiny_model
+    with pytest.raises(FtlibError, match="r must be a positive whole number.*r=16"):
+        add_lora(model, r=bad)
+
+
+def test_unknown_target_module_lists_the_real_ones(tiny_model):
+    model, _ = tiny_model
+    with pytest.raises(FtlibError, match="q_proj"):
+        add_lora(model, target_modules=["query_key_value"])
+
+
+def test_add_lora_refuses_a_full_finetuning_model():
+    model, _ = load_model("ftlib-tiny", full_finetuning=True)
+    with pytest.raises(FtlibError, match="full_finetuning=False"):
+        add_lora(model)
+
+
+# train ----------------------------------------------------------------------------------------------------
+
+
+def test_training_changes_lora_weights_only_and_the_loss_falls(tiny_model, headline_rows):
+    model, tokenizer = tiny_model
+    model = add_lora(model, use_gradient_checkpointing=False)
+    lora_before, frozen_before = _lora_weights(model), _frozen_weights(model)
+    history = train(model, tokenizer, format_dataset(headline_rows, tokenizer), max_steps=30,
+                    learning_rate=1e-3, output_dir="/tmp/ftlib-test-train")
+    assert history.steps == list(range(1, 31))
+    first, last = sum(history.loss[:5]) / 5, sum(history.loss[-5:]) / 5
+    assert last < 0.7 * first, (first, last)
+    lora_after, frozen_after = _lora_weights(model), _frozen_weights(model)
+    assert all(not torch.equal(lora_before[name], lora_after[name]) for name in lora_before if "lora_B" in name)
+    assert all(torch.equal(frozen_before[name], frozen_after[name]) for name in frozen_before)
+    assert not model.training  # back in inference mode for generate
+    assert model.ftlib_training["final_loss"] == history.final_loss
+
+
+def test_held_out_loss_is_recorded_from_a_split(tiny_model, headline_rows):
+    model, tokenizer = tiny_model
+    model = add_lora(model, use_gradient_checkpointing=False)
+    splits = format_dataset(headline_rows, tokenizer, test_size=0.25)
+    history = train(model, tokenizer, splits, max_steps=6, eval_steps=3, learning_rate=1e-3,
+                    output_dir="/tmp/ftlib-test-eval")
+    assert history.eval_steps == [3, 6]
+    assert len(history.eval_loss) == 2 and history.eval_loss[1] < history.eval_loss[0]
+
+
+def test_full_finetuning_updates_the_base_weights(headline_rows):
+    model, tokenizer = load_model("ftlib-tiny", full_finetuning=True, max_seq_length=128)
+    before = _frozen_weights(model)
+    train(model, tokenizer, format_dataset(headline_rows[:16], tokenizer), max_steps=2, learning_rate=1e-4,
+          output_dir="/tmp/ftlib-test-full")
+    after = _frozen_weights(model)
+    changed = [name for name in before if not torch.equal(before[name], after[name])]
+    assert any("q_proj" in name for name in changed)
+
+
+def test_raw_rows_are_formatted_automatically(tiny_model, headline_rows):
+    model, tokenizer = tiny_model
+    model = add_lora(model, use_gradient_checkpointing=False)
+    history = train(model, tokenizer, headline_rows[:8], max_steps=1, output_dir="/tmp/ftlib-test-raw")
+    assert len(history.loss) == 1
+
+
+@pytest.mark.parametrize("rate", [-1e-4, 0, float("inf")])
+def test_bad_learning_rate_names_the_fix(tiny_model, headline_rows, rate):
+    model, tokenizer = tiny_model
+    with pytest.raises(FtlibError, match="learning_rate must be a positive number.*2e-4"):
+        train(model, tokenizer, headline_rows, learning_rate=rate)
+
+
+def test_empty_dataset_is_refused(tiny_model):
+    model, tokenizer = tiny_model
+    with pytest.raises(FtlibError, match="empty"):
+        train(model, tokenizer, [], max_steps=1)
+
+
+def test_dataset_without_expected_columns_names_found_and_expected(tiny_model):
+    model, tokenizer = tiny_model
+    rows = [{"headline": "Acme shares rose", "label": "positive"}]
+    with pytest.raises(FtlibError) as error:
+        train(model, tokenizer, rows, max_steps=1)
+    message = str(error.value)
+    assert "headline" in message and "label" in message  # what was found
+    assert "question" in message and "answer" in message  # what was expected
+
+
+# the whole path: train, save, reload, same answers --------------------------------------------------------
+
+
+def test_saved_adapter_reloads_to_identical_greedy_outputs(tiny_model, headline_rows, tmp_path):
+    model, tokenizer = tiny_model
+    model = add_lora(model, use_gradient_checkpointing=False)
+    train(model, tokenizer, format_dataset(headline_rows, tokenizer), max_steps=10, learning_rate=1e-3,
+          output_dir=str(tmp_path / "checkpoints"))
+    prompts = [row["question"] for row in headline_rows[:4]]
+    expected = generate(model, tokenizer, prompts, max_new_tokens=8)
+    save(model, tokenizer, tmp_path / "adapter")
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+    reloaded, reloaded_tokenizer = load_model(str(tmp_path / "adapter"), load_in_4bit=False)
+    assert generate(reloaded, reloaded_tokenizer, prompts, max_new_tokens=8) == expected

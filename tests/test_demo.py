@@ -1,0 +1,148 @@
+"""The offline demo world: generators repeat, splits are clean, the corpus never shows the task,
+and the committed tiny model and tokenizer load offline and behave as a chat model's should."""
+
+import math
+import re
+
+import pytest
+import torch
+
+import ftlib.demo
+from ftlib.demo import DEMO_ALIAS, load_headlines, tiny_model_path
+from ftlib.demo.corpus import make_corpus
+from ftlib.demo.headlines import LABELS, make_splits
+from ftlib.demo.world import company_names
+from ftlib.errors import FtlibError
+
+
+def headline_and_company(question):
+    match = re.fullmatch(r"Headline: (.+)\nDoes this headline impact (.+) positively or negatively\?", question)
+    assert match, f"question not in the task's shape: {question!r}"
+    return match.group(1), match.group(2)
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return make_corpus()
+
+
+def test_headline_generator_is_deterministic():
+    assert make_splits(seed=0) == make_splits(seed=0)
+    assert make_splits(seed=0)["test"] != make_splits(seed=1)["test"]
+
+
+def test_committed_headlines_are_what_the_generator_writes():
+    splits = make_splits()
+    assert load_headlines("train") == splits["train"]
+    assert load_headlines("test") == splits["test"]
+
+
+def test_train_and_test_share_no_headline_and_no_company():
+    train, test = load_headlines("train"), load_headlines("test")
+    train_headlines = {headline_and_company(row["question"])[0] for row in train}
+    test_headlines = {headline_and_company(row["question"])[0] for row in test}
+    assert len(train_headlines) == len(train) and len(test_headlines) == len(test) == 64
+    assert not train_headlines & test_headlines
+    test_companies = {headline_and_company(row["question"])[1] for row in test}
+    train_text = "\n".join(row["question"] for row in train)
+    assert test_companies and not [name for name in test_companies if name in train_text]
+    # Each question asks about a company its headline names.
+    assert all(company in headline for headline, company in map(headline_and_company, (r["question"] for r in test)))
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_labels_are_the_two_answers_and_balanced(split):
+    answers = [row["answer"] for row in load_headlines(split)]
+    assert set(answers) == set(LABELS)
+    assert answers.count("positive") == answers.count("negative")
+
+
+def test_corpus_generator_is_deterministic():
+    assert make_corpus(documents=300, seed=0) == make_corpus(documents=300, seed=0)
+    assert make_corpus(documents=300, seed=0) != make_corpus(documents=300, seed=1)
+
+
+def test_corpus_never_holds_the_task_wording(corpus):
+    text = "\n".join(corpus).lower()
+    for wording in ["headline", "positively", "negatively", "impact", "does this"]:
+        assert wording not in text, f"the pretraining corpus contains the task's wording {wording!r}"
+
+
+def test_corpus_never_pairs_company_news_with_the_answer_words(corpus):
+    companies = set(company_names(120, seed=1000)) | set(company_names(60, seed=0))
+    news = [document for document in corpus if any(name in document for name in companies)]
+    assert len(news) > len(corpus) // 3  # the world knowledge is there ...
+    paired = [document for document in news if re.search(r"positive|negative", document, re.IGNORECASE)]
+    assert not paired, f"company news mentions an answer word: {paired[:2]}"  # ... the labels are not
+
+
+def test_corpus_teaches_the_answer_words_and_consequences(corpus):
+    text = "\n".join(corpus)
+    for phrase in [" positive", " negative", "\npositive", "\nnegative", "shares rose", "investors worried"]:
+        assert text.count(phrase) >= 50, f"the corpus rarely says {phrase!r}"
+
+
+def test_tokenizer_round_trips_any_text(tiny_tokenizer):
+    texts = ["Velex Foods cuts 7 hundred jobs", "Zoë paid 5 € for crème brûlée 🙂", "日本語のテキスト",
+             "  tabs\tand\nnew lines  ", "<not a special token>"]
+    for text in texts:
+        assert tiny_tokenizer.decode(tiny_tokenizer(text)["input_ids"]) == text
+    assert len(tiny_tokenizer) == 1024
+
+
+def test_chat_template_ends_the_assistant_turn_with_eos(tiny_tokenizer):
+    tokenizer = tiny_tokenizer
+    assert tokenizer.pad_token_id is not None and tokenizer.pad_token_id != tokenizer.eos_token_id
+    conversation = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello?"},
+                    {"role": "assistant", "content": "Hi."}]
+    text = tokenizer.apply_chat_template(conversation, tokenize=False)
+    assert text.endswith("Hi." + tokenizer.eos_token)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert ids[-1] == tokenizer.eos_token_id and ids.count(tokenizer.bos_token_id) == 1
+    prompt = tokenizer.apply_chat_template(conversation[:2], tokenize=False, add_generation_prompt=True)
+    assert text.startswith(prompt) and prompt.endswith("<|assistant|>\n")
+    masked = tokenizer.apply_chat_template(conversation, return_dict=True, return_assistant_tokens_mask=True)
+    answer = [token for token, in_answer in zip(masked["input_ids"], masked["assistant_masks"]) if in_answer]
+    assert tokenizer.decode(answer) == "Hi." + tokenizer.eos_token
+    with pytest.raises(Exception, match="roles system, user and assistant"):
+        tokenizer.apply_chat_template([{"role": "tool", "content": "x"}], tokenize=False)
+
+
+def test_committed_model_loads_offline_and_is_pretrained(tiny_path, tiny_tokenizer, corpus):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_path, local_files_only=True)
+    assert model.config.model_type == "llama" and model.config.vocab_size == len(tiny_tokenizer)
+    assert model.generation_config.eos_token_id == tiny_tokenizer.eos_token_id
+    assert sum(path.stat().st_size for path in tiny_path.iterdir()) < 10_000_000
+    # Pretrained: next-token loss on generic text far below a random model's log(1024) ≈ 6.9.
+    ids = tiny_tokenizer("\n".join(corpus[-40:]), return_tensors="pt")["input_ids"][:, :512]
+    with torch.no_grad():
+        loss = model(input_ids=ids, labels=ids).loss.item()
+    assert loss < 0.5 * math.log(1024), f"loss {loss:.2f}: the committed model looks untrained"
+
+
+def test_base_model_has_not_learned_the_task(tiny_path, tiny_tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    from ftlib.demo.verify import accuracy
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_path, local_files_only=True)
+    assert accuracy(model, tiny_tokenizer, load_headlines("test")) <= 0.30
+
+
+def test_committed_tokenizer_is_what_the_corpus_trains(tiny_tokenizer, corpus):
+    from ftlib.demo.tokenizer import train_tokenizer
+
+    assert train_tokenizer(corpus).get_vocab() == tiny_tokenizer.get_vocab()
+
+
+def test_missing_demo_files_raise_an_error_naming_the_rebuild_command(monkeypatch, tmp_path):
+    assert tiny_model_path().name == DEMO_ALIAS
+    monkeypatch.setattr(ftlib.demo, "DATA_FOLDER", tmp_path)
+    with pytest.raises(FtlibError, match="python -m ftlib.demo.pretrain"):
+        tiny_model_path()
+    with pytest.raises(FtlibError, match="python -m ftlib.demo.headlines"):
+        load_headlines("test")
+    with pytest.raises(FtlibError, match='use "train" or "test"'):
+        load_headlines("validation")
