@@ -431,8 +431,8 @@ def plan(name):
         return specs + [_spec("ftlib", "tiny", method="lora16", mix="variable", length=64, steps=3, warmup=1,
                               dtype="float32", gpu=False, padding_free=True)]
     if name == "main":
-        specs = [_spec(system, eight) for system in SYSTEMS]
-        specs += [_spec("ftlib", eight, checkpointing="offload")]
+        specs = [_spec(system, eight, steps=4) for system in SYSTEMS]
+        specs += [_spec("ftlib", eight, checkpointing="offload", steps=4)]
         specs += [_spec(system, one, steps=4) for system in SYSTEMS]
         specs += [_spec("ftlib", eight, mix="variable", padding_free=True, steps=4)]
         specs += [_spec(system, eight, mix="variable", steps=4) for system in ("plain", "unsloth")]

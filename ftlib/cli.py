@@ -74,11 +74,14 @@ def _quickstart(arguments):
 
 def _train(arguments):
     from ftlib import add_lora, format_dataset, load_model, save, train
+    from ftlib.models import load_tokenizer
 
+    # The data is read first, with the tokenizer alone, so a bad file fails before the model loads.
+    tokenizer = load_tokenizer(arguments.model, arguments.max_seq_length)
+    dataset = format_dataset(arguments.data, tokenizer, test_size=arguments.test_size or None)
     model, tokenizer = load_model(
         arguments.model, max_seq_length=arguments.max_seq_length, load_in_4bit=not arguments.no_4bit
     )
-    dataset = format_dataset(arguments.data, tokenizer, test_size=arguments.test_size or None)
     model = add_lora(model, r=arguments.r, lora_alpha=arguments.lora_alpha)
     history = train(
         model, tokenizer, dataset,
@@ -98,7 +101,7 @@ def _chat(arguments):
 
     run_chat(
         arguments.path, max_new_tokens=arguments.max_new_tokens, temperature=arguments.temperature,
-        system_prompt=arguments.system,
+        system=arguments.system, input_function=input,
     )
 
 

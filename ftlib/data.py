@@ -3,7 +3,8 @@
 The guide's step 3: the quality and amount of your data largely decide the result. Question/answer
 pairs are the usual shape; Alpaca instructions, conversations (ShareGPT or OpenAI messages),
 prompt/completion pairs and raw text (documents, code) work too (see ftlib/shapes.py). Files and
-folders are read by ftlib/readers.py, chat templates live in ftlib/templates.py.
+folders are read by ftlib/readers.py, chat templates live in ftlib/templates.py, the length
+report in ftlib/lengths.py (`length_report` is importable from here too).
 
     >>> from ftlib import format_dataset
     >>> dataset = format_dataset([{"question": "Shares rose 5%. Impact?", "answer": "positive"}], tokenizer)
@@ -16,16 +17,17 @@ markers before each reply, so the model learns to write answers rather than to i
 
 import math
 import numbers
-import statistics
 import warnings
 
 from ftlib.errors import FtlibError
+from ftlib.lengths import LengthReport, default_max_seq_length, first_split, length_report, tokenizer_adds_bos
 from ftlib.readers import read_table
 from ftlib.shapes import choose_shape, to_example
-from ftlib.templates import render_segments, resolve_template, warn_end_of_turn
+from ftlib.templates import end_of_turn_marker, render_segments, resolve_template, warn_end_of_turn
+
+__all__ = ["IGNORE_INDEX", "LengthReport", "format_dataset", "length_report", "marked_example", "show_example"]
 
 IGNORE_INDEX = -100  # the label PyTorch's cross-entropy skips
-_FALLBACK_MAX_SEQ_LENGTH = 2048  # the guide's testing length, when the tokenizer states none
 
 
 def format_dataset(
@@ -39,7 +41,7 @@ def format_dataset(
     text_column=None,  # the raw-text column's name when it is not "text"
     system_prompt=None,  # added as the system turn of every conversation that has none
     max_seq_length=None,  # None = tokenizer.model_max_length (load_model sets it), else 2048; longer: more memory
-    too_long="truncate",  # "truncate" keeps the start (an answer may lose its end and EOS); "drop" removes the example
+    too_long="truncate",  # "truncate" keeps the start (the answer may lose its end, EOS); "drop" leaves it out
     train_on_responses_only=True,  # True: learn answers only (usual for chat/QA); False: also learn to write prompts
     test_size=None,  # e.g. 0.2 holds out 20% (the guide's choice); 0.1-0.3 typical; or a whole number of examples
     seed=3407,  # the split's shuffle; same seed, same split
@@ -60,7 +62,7 @@ def format_dataset(
         >>> splits["train"][0]["text"].endswith(tokenizer.eos_token)
         True
     """
-    if hasattr(data, "keys") and hasattr(data, "column_names") and isinstance(data.column_names, dict):
+    if _is_splits(data):
         return _format_splits(data, tokenizer, locals())
     max_seq_length = _check_settings(tokenizer, max_seq_length, too_long, test_size)
     table = read_table(data)
@@ -86,13 +88,21 @@ def format_dataset(
     report = LengthReport(lengths, max_seq_length, handled)
     result = _split(dataset, test_size, seed) if test_size is not None else dataset
     # Plain attributes (lost by .map/.select): train() records the shape; length_report reuses the
-    # lengths counted before truncation.
-    dataset.ftlib_length_report = report
+    # lengths of all examples (both splits), counted before truncation.
     for part in result.values() if test_size is not None else [result]:
-        part.ftlib_shape = spec.shape
+        part.ftlib_shape, part.ftlib_length_report = spec.shape, report
     if verbose:
         print(_summary(spec, template_note, dataset, report, removed, result, test_size, seed))
     return result
+
+
+def _is_splits(data):
+    """A DatasetDict, or a plain dict like {"train": [rows], "test": [rows]}."""
+    if hasattr(data, "column_names") and isinstance(data.column_names, dict):
+        return True
+    if not (isinstance(data, dict) and data and set(data) <= {"train", "test", "validation"}):
+        return False
+    return all(isinstance(rows, (list, tuple)) and all(isinstance(r, dict) for r in rows) for rows in data.values())
 
 
 def _format_splits(splits, tokenizer, arguments):
@@ -121,8 +131,7 @@ def _check_settings(tokenizer, max_seq_length, too_long, test_size):
             "stop: set tokenizer.eos_token (e.g. to the chat template's end-of-turn marker) first"
         )
     if max_seq_length is None:
-        stated = getattr(tokenizer, "model_max_length", None)
-        max_seq_length = stated if isinstance(stated, int) and 0 < stated <= 1_000_000 else _FALLBACK_MAX_SEQ_LENGTH
+        max_seq_length = default_max_seq_length(tokenizer)
     if isinstance(max_seq_length, bool) or not isinstance(max_seq_length, numbers.Integral) or max_seq_length < 2:
         raise FtlibError(f"max_seq_length must be a whole number of tokens >= 2, got {max_seq_length!r}: try 2048")
     if too_long not in ("truncate", "drop"):
@@ -149,29 +158,23 @@ def _deduplicate(examples, places):
     return kept, kept_places, len(examples) - len(kept)
 
 
-def _adds_bos(tokenizer):
-    """True when tokenizer(text) puts BOS first by itself (so generate's prompts will start with it)."""
-    bos = getattr(tokenizer, "bos_token_id", None)
-    ids = tokenizer("a")["input_ids"]
-    return bos is not None and len(ids) > 0 and ids[0] == bos
-
-
-def _segments(example, tokenizer, source):
+def _segments(example, tokenizer, source, marker):
     """[(text, trained)], prompt, completion for one normalised example."""
     if "messages" in example:
-        segments, prompt = render_segments(tokenizer, source, example["messages"])
+        segments, prompt = render_segments(tokenizer, source, example["messages"], marker)
         return segments, prompt, example["messages"][-1]["content"]
     completion = example["completion"] + tokenizer.eos_token
     return [(example["prompt"], False), (completion, True)], example["prompt"], example["completion"]
 
 
 def _tokenize_examples(examples, places, tokenizer, source, max_seq_length, too_long, responses_only):
-    rendered = [_segments(example, tokenizer, source) for example in examples]
+    marker = end_of_turn_marker(tokenizer, source) if source else ""
+    rendered = [_segments(example, tokenizer, source, marker) for example in examples]
     pieces = [text for segments, _, _ in rendered for text, _ in segments]
     # One batched call: segments are tokenized apart so the prompt's tokens are exactly what
     # tokenizer(prompt) gives at generation time (BPE could merge across the join otherwise).
     piece_ids = iter(tokenizer(pieces, add_special_tokens=False)["input_ids"]) if pieces else iter(())
-    bos_id, adds_bos = tokenizer.bos_token_id, _adds_bos(tokenizer)
+    bos_id, adds_bos = tokenizer.bos_token_id, tokenizer_adds_bos(tokenizer)
     columns = {name: [] for name in ("text", "prompt", "completion", "input_ids", "attention_mask", "labels")}
     lengths, over, empty = [], [], []
     for (segments, prompt, completion), place in zip(rendered, places):
@@ -218,7 +221,8 @@ def _chunk_documents(examples, tokenizer, max_seq_length):
 
     Only a document's last piece ends with EOS: the model should not learn to stop mid-document.
     """
-    bos_id, adds_bos, fast = tokenizer.bos_token_id, _adds_bos(tokenizer), getattr(tokenizer, "is_fast", False)
+    bos_id, adds_bos = tokenizer.bos_token_id, tokenizer_adds_bos(tokenizer)
+    fast = getattr(tokenizer, "is_fast", False)  # fast tokenizers give offsets: exact text per piece
     columns = {name: [] for name in ("text", "prompt", "completion", "input_ids", "attention_mask", "labels")}
     lengths = []
     for example in examples:
@@ -274,91 +278,6 @@ def _summary(spec, template_note, dataset, report, removed, result, test_size, s
     return "\n".join(lines)
 
 
-class LengthReport:
-    """Token lengths of a dataset against max_seq_length, as text (print it) and as a histogram.
-
-    Example:
-        >>> report = length_report(dataset, tokenizer)
-        >>> print(report)
-        >>> report.figure()  # in a notebook, shows the histogram
-    """
-
-    def __init__(self, lengths, max_seq_length, handled="truncated"):
-        self.lengths = list(lengths)
-        self.max_seq_length = max_seq_length
-        self.handled = handled  # what happened to over-long examples: truncated, dropped or chunked
-        self.over = sum(length > max_seq_length for length in self.lengths)
-
-    def __str__(self):
-        lengths = sorted(self.lengths)
-        if not lengths:
-            return "Token lengths: no examples."
-        p95 = lengths[min(len(lengths) - 1, math.ceil(0.95 * len(lengths)) - 1)]
-        text = (
-            f"Token lengths of {len(lengths)} examples: min {lengths[0]}, median {statistics.median(lengths):g}, "
-            f"95th percentile {p95}, max {lengths[-1]}; "
-        )
-        if self.handled == "chunked":
-            return text + f"documents were cut into pieces of at most max_seq_length={self.max_seq_length}."
-        if not self.over:
-            return text + f"none longer than max_seq_length={self.max_seq_length}."
-        return text + f"{self.over} longer than max_seq_length={self.max_seq_length} ({self.handled})."
-
-    __repr__ = __str__
-
-    def figure(self):
-        """A matplotlib Figure: histogram of lengths with max_seq_length marked (no pyplot state)."""
-        from matplotlib.figure import Figure
-
-        figure = Figure(figsize=(6, 3))
-        axes = figure.add_subplot()
-        axes.hist(self.lengths, bins=min(40, max(5, len(set(self.lengths)))), color="tab:blue")
-        limit = self.max_seq_length
-        axes.axvline(limit, color="tab:red", linestyle="--", label=f"max_seq_length={limit}")
-        axes.set_xlabel("tokens per example")
-        axes.set_ylabel("examples")
-        axes.set_title(f"{self.over} of {len(self.lengths)} longer than max_seq_length", fontsize=10)
-        axes.legend()
-        figure.tight_layout()
-        return figure
-
-
-def _first_split(dataset):
-    return dataset["train"] if hasattr(dataset, "column_names") and isinstance(dataset.column_names, dict) else dataset
-
-
-def length_report(dataset, tokenizer=None, max_seq_length=None):
-    """Token-length statistics; `dataset` is format_dataset output (or raw data, then `tokenizer` is needed).
-
-    Lengths count the whole `text` of each example (before any truncation) when a tokenizer is given.
-
-    Example:
-        >>> print(length_report(dataset, tokenizer))
-        Token lengths of 400 examples: min 18, median 24, 95th percentile 31, max 40; none longer ...
-    """
-    dataset = _first_split(dataset)
-    if not (hasattr(dataset, "column_names") and "input_ids" in dataset.column_names):
-        if tokenizer is None:
-            raise FtlibError("length_report needs a tokenizer for unformatted data: length_report(data, tokenizer)")
-        settings = {"max_seq_length": max_seq_length} if max_seq_length else {}
-        dataset = format_dataset(dataset, tokenizer, verbose=False, **settings)
-    known = getattr(dataset, "ftlib_length_report", None)  # counted before truncation or dropping
-    if known is not None and max_seq_length in (None, known.max_seq_length):
-        return known
-    if max_seq_length is None:
-        stated = getattr(tokenizer, "model_max_length", None)
-        max_seq_length = stated if isinstance(stated, int) and 0 < stated <= 1_000_000 else _FALLBACK_MAX_SEQ_LENGTH
-    if tokenizer is None:
-        lengths = [len(ids) for ids in dataset["input_ids"]]
-    else:
-        adds_bos = _adds_bos(tokenizer)
-        texts = list(dataset["text"])
-        encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
-        bos = tokenizer.bos_token
-        lengths = [len(ids) + (adds_bos and not text.startswith(bos)) for ids, text in zip(encoded, texts)]
-    return LengthReport(lengths, max_seq_length)
-
-
 def marked_example(dataset, tokenizer, index=0):
     """One formatted example as text, with the untrained part inside ⟦ ⟧ (labels -100).
 
@@ -366,7 +285,7 @@ def marked_example(dataset, tokenizer, index=0):
         >>> marked_example(dataset, tokenizer)
         '⟦<|begin|><|user|>\\nShares rose. Impact?<|end|><|assistant|>\\n⟧positive<|end|>'
     """
-    dataset = _first_split(dataset)
+    dataset = first_split(dataset)
     if not 0 <= index < len(dataset):
         raise FtlibError(f"index {index} is outside the dataset (0 to {len(dataset) - 1})")
     example = dataset[index]
@@ -397,7 +316,7 @@ def show_example(dataset, tokenizer, index=0):
         Example 0: 31 tokens, 2 trained on. Inside ⟦ ⟧: read only (labels -100); outside: learned.
         ⟦<|begin|><|user|>...<|assistant|>\\n⟧positive<|end|>
     """
-    example = _first_split(dataset)[index] if 0 <= index < len(_first_split(dataset)) else None
+    example = first_split(dataset)[index] if 0 <= index < len(first_split(dataset)) else None
     text = marked_example(dataset, tokenizer, index)
     trained = sum(label != IGNORE_INDEX for label in example["labels"])
     print(

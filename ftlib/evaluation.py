@@ -165,7 +165,7 @@ def evaluate(
             raise FtlibError(f"max_examples must be a positive whole number or None, got {max_examples!r}: try 100")
         rows = rows[:max_examples]
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise FtlibError(f"batch_size must be a positive whole number, got {batch_size!r}: try 8 (or 1 if memory is short)")
+        raise FtlibError(f"batch_size must be a positive whole number, got {batch_size!r}: try batch_size=8 (or 1 if memory is short)")
     if scorer is not None and not callable(scorer):
         raise FtlibError(
             f"scorer must be a function taking (predicted, expected) and returning True/False or a score "

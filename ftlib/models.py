@@ -5,6 +5,7 @@ base first), or the offline demo alias "ftlib-tiny", and returns (model, tokeniz
 """
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -14,6 +15,9 @@ from ftlib import acceleration
 from ftlib.errors import FtlibError
 
 DEMO_ALIAS = "ftlib-tiny"
+
+# bitsandbytes warns on every CPU import that an optional kernel package is missing; 4-bit works without it.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
 def load_model(

@@ -54,7 +54,7 @@ def run_quickstart(output_dir="ftlib_outputs/quickstart", max_steps=None, exampl
     say(f"   {len(train_rows)} training headlines, {len(test_rows)} held-out headlines about other companies.")
 
     say("2. Before fine-tuning: asking the base model about the held-out headlines.")
-    before = evaluate(model, tokenizer, test_set, max_new_tokens=4, compute_loss=False)
+    before = evaluate(model, tokenizer, test_set, max_new_tokens=4, measure_loss=False)
     say(f"   accuracy {before.accuracy:.2f}")
 
     say(f"3. Fine-tuning LoRA adapters (r={LORA_SETTINGS['r']}) for {settings['max_steps']} steps "
@@ -64,7 +64,7 @@ def run_quickstart(output_dir="ftlib_outputs/quickstart", max_steps=None, exampl
     say(f"   training loss {history.loss[0]:.2f} -> {history.final_loss:.2f} in {history.seconds:.0f} s")
 
     say("4. After fine-tuning: the same held-out headlines.")
-    after = evaluate(model, tokenizer, test_set, max_new_tokens=4, compute_loss=False)
+    after = evaluate(model, tokenizer, test_set, max_new_tokens=4, measure_loss=False)
     say("")
     say(f"   {'':<22}{'before':>8}{'after':>8}")
     say(f"   {'held-out accuracy':<22}{before.accuracy:>8.2f}{after.accuracy:>8.2f}")
@@ -82,7 +82,7 @@ def run_quickstart(output_dir="ftlib_outputs/quickstart", max_steps=None, exampl
     say(f"5. Saved the loss curve to {plot_path} and the adapter to {adapter_path}.")
 
     reloaded, reloaded_tokenizer = load_model(str(adapter_path), load_in_4bit=False, max_seq_length=256)
-    again = evaluate(reloaded, reloaded_tokenizer, test_set, max_new_tokens=4, compute_loss=False)
+    again = evaluate(reloaded, reloaded_tokenizer, test_set, max_new_tokens=4, measure_loss=False)
     same = [a["predicted"] for a in again.examples] == [a["predicted"] for a in after.examples]
     say(f"6. Reloaded the adapter: {'the same answers on every held-out headline' if same else 'DIFFERENT answers'}.")
     if not same:

@@ -139,7 +139,7 @@ def _read_path(path):
 
 def _read_text(path):
     try:
-        with open(path, encoding="utf-8") as handle:
+        with open(path, encoding="utf-8-sig") as handle:
             return handle.read()
     except UnicodeDecodeError as error:
         raise FtlibError(
@@ -167,7 +167,7 @@ def _parse_json_line(text, line_number, name):
 
 def _read_jsonl(path, name):
     rows, lines = [], []
-    with open(path, encoding="utf-8") as handle:
+    with open(path, encoding="utf-8-sig") as handle:
         for line_number, line in enumerate(handle, start=1):
             if line.strip():
                 rows.append(_parse_json_line(line, line_number, name))
@@ -207,7 +207,7 @@ def _read_json(path, name):
 
 def _read_csv(path, name, delimiter):
     rows, lines = [], []
-    with open(path, encoding="utf-8", newline="") as handle:
+    with open(path, encoding="utf-8-sig", newline="") as handle:
         reader = csv.DictReader(handle, delimiter=delimiter)
         for row in reader:
             if None in row:  # more cells than header names

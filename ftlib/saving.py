@@ -608,7 +608,7 @@ def _write_gguf(folder, quantizations, converter, quantizer):
 # ----------------------------------------------------------------------------- Hub
 
 
-def resolve_token(token=None, prompt=getpass.getpass):
+def resolve_token(token=None, prompt=None):
     """The Hub token: the argument, else HF_TOKEN, else a saved login, else a hidden prompt.
 
     Example:
@@ -626,6 +626,7 @@ def resolve_token(token=None, prompt=getpass.getpass):
         saved = None
     if saved:
         return saved
+    prompt = prompt or getpass.getpass  # looked up now, so tests and notebooks can replace it
     typed = prompt("Hugging Face token with write access (hidden): ").strip()
     if not typed:
         raise FtlibError("no Hugging Face token: pass token=..., set HF_TOKEN, or run `hf auth login` "
@@ -634,7 +635,7 @@ def resolve_token(token=None, prompt=getpass.getpass):
 
 
 def push_to_hub(folder, repo_id, token=None, private=True, commit_message="Upload with ftlib", api=None,
-                prompt=getpass.getpass):
+                prompt=None):
     """Upload a folder that `save` wrote to a Hub repository (created when missing); returns its URL.
 
     The token is used for the upload only: never printed, logged or written into any file.
@@ -759,9 +760,6 @@ def save(
                          "('lora' is smallest; 'merged_16bit' for vLLM; 'ollama' for Ollama)")
     if push_to_hub and not repo_id:
         raise FtlibError("push_to_hub=True needs repo_id='your-name/model-name'")
-    if push_to_hub and method == "gguf":
-        raise FtlibError("push_to_hub supports 'lora', 'merged_16bit' and 'ollama' saves; for GGUF, save "
-                         "first, then push_to_hub(folder, repo_id)")
     target = _check_target(path, overwrite)
     quantizations = [quantization] if isinstance(quantization, str) else list(quantization)
     converter = quantizer = None

@@ -185,15 +185,16 @@ def end_of_turn_problem(tokenizer, source):
     )
 
 
-def render_segments(tokenizer, source, messages):
+def render_segments(tokenizer, source, messages, marker=None):
     """Split a conversation into [(text, trained)] pieces; the last trained piece ends with EOS.
 
     Returns (segments, prompt): `prompt` is the text up to where the final reply starts (the
     conversation without it, with the generation prompt), what `generate` would be fed.
 
-    Each reply's trained text is what the template adds between "history + generation prompt" and
-    "history + reply": the reply and its end-of-turn marker. Whitespace after the marker (a newline
-    between turns) stays untrained, so the model learns to stop right at the marker.
+    Each reply's trained text starts where "history + generation prompt" ends and runs to the end
+    of the reply and its end-of-turn marker. What the template writes after that (a newline between
+    turns) stays untrained, so the model learns to stop right at the marker. `marker` is
+    end_of_turn_marker(tokenizer, source), worked out here when not given.
 
     Example:
         >>> segments, prompt = render_segments(tokenizer, CHATML_TEMPLATE, messages)
@@ -201,27 +202,31 @@ def render_segments(tokenizer, source, messages):
         [False, True]
     """
     full = render(tokenizer, source, messages)
+    marker = end_of_turn_marker(tokenizer, source) if marker is None else marker
     segments, cursor, prompt = [], 0, ""
     for index, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
         before = render(tokenizer, source, messages[:index], add_generation_prompt=True)
         after = render(tokenizer, source, messages[: index + 1])
+        content = message["content"]
         if after.startswith(before) and full.startswith(after) and len(before) >= cursor:
-            start, reply = len(before), after[len(before):].rstrip()
+            start, found = len(before), after.rfind(content, len(before))
         else:  # the template rewrites history (e.g. drops old reasoning): find the reply itself
-            start = full.find(message["content"], cursor)
-            if start < 0:
+            start = found = full.find(content, cursor)
+            if found < 0:
                 raise FtlibError(
                     f"could not find assistant turn {index} in the rendered conversation: the "
                     "template changes the reply text. Use a built-in template, e.g. template='chatml'"
                 )
-            end = start + len(message["content"])
-            marker = end_of_turn_marker(tokenizer, source)
+        if found < 0:  # the template reshapes the reply (e.g. trims it): train all it wrote
+            end = len(after.rstrip())
+        else:  # the reply, then the end-of-turn marker if one follows; the rest is template glue
+            end = found + len(content)
             gap = len(full[end:]) - len(full[end:].lstrip(" "))
             if marker and full[end + gap:].startswith(marker):
                 end += gap + len(marker)
-            reply = full[start:end]
+        reply = full[start:end]
         segments.append((full[cursor:start], False))
         segments.append((reply, True))
         prompt = full[:start]

@@ -7,7 +7,7 @@ import torch
 from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 
-from ftlib import acceleration
+from ftlib import acceleration, safety
 from ftlib.errors import FtlibError
 from ftlib.history import TrainingHistory
 
@@ -59,13 +59,11 @@ def train(
             "format_dataset(..., test_size=0.2) and train on the DatasetDict it returns"
         )
 
-    from transformers import EarlyStoppingCallback
-    from transformers.trainer_utils import get_last_checkpoint
     from trl import SFTConfig
 
     checkpoint = None
     if resume:
-        checkpoint = get_last_checkpoint(output_dir) if _is_folder(output_dir) else None
+        checkpoint = safety.last_checkpoint(output_dir)
         if checkpoint is None:
             raise FtlibError(
                 f"resume=True but {output_dir!r} holds no checkpoint: train with save_steps=... "
@@ -101,9 +99,6 @@ def train(
         eval_steps=eval_steps,
         save_strategy="steps" if save_steps else "no",
         save_steps=save_steps or 500,
-        load_best_model_at_end=early_stopping_patience is not None,
-        metric_for_best_model="eval_loss" if early_stopping_patience is not None else None,
-        greater_is_better=False if early_stopping_patience is not None else None,
         seed=seed,
         data_seed=seed,
         bf16=device.type == "cuda" and model_dtype == torch.bfloat16,
@@ -113,16 +108,22 @@ def train(
         report_to="none",
         disable_tqdm=True,  # the history, the notebooks' live plot and our own progress line report instead
         dataloader_num_workers=0,
+        logging_nan_inf_filter=False,  # let the NaN guard see a NaN loss instead of an averaged-over one
         dataloader_pin_memory=device.type == "cuda",
     )
+    stopper = None
+    if early_stopping_patience is not None:
+        stopper, stopping_settings = safety.early_stopping(early_stopping_patience)
+        settings.update(stopping_settings)
     settings.update(extra)  # the speed options may replace defaults above (e.g. max_length for padding-free)
     config = SFTConfig(**settings)
     history = TrainingHistory()
-    all_callbacks = [_HistoryCallback(history), *(callbacks or [])]
+    guard = safety.NonFiniteLossGuard(history=history)
+    all_callbacks = [_HistoryCallback(history), guard, *(callbacks or [])]
     if verbose:
         all_callbacks.append(_ProgressCallback(history))
-    if early_stopping_patience is not None:
-        all_callbacks.append(EarlyStoppingCallback(early_stopping_patience=early_stopping_patience))
+    if stopper is not None:
+        all_callbacks.append(stopper)
 
     trainer = _trainer_class()(
         model=model,
@@ -138,19 +139,21 @@ def train(
     try:
         trainer.train(resume_from_checkpoint=checkpoint)
     except KeyboardInterrupt:
-        history.stopped_reason = "interrupted"
-        print(
-            f"Training interrupted at step {trainer.state.global_step}: the model keeps what it learned so "
-            "far and the history is returned. "
-            + (f"To continue from the last checkpoint, call train(..., resume=True, output_dir={output_dir!r})."
-               if save_steps else "Next time pass save_steps=... to be able to resume from a checkpoint.")
-        )
+        history.stopped_reason = safety.STOPPED_INTERRUPTED
+        print(safety.interrupt_message(trainer.state.global_step, trainer.state.max_steps, output_dir,
+                                       safety.last_checkpoint(output_dir)))
+    except Exception as error:
+        if safety.is_out_of_memory(error):
+            raise safety.out_of_memory_error(error, _memory_settings(model, config)) from error
+        raise
     finally:
         history.seconds = time.perf_counter() - started
         model.config.use_cache = True
         model.eval()
-    if history.stopped_reason == "finished" and trainer.state.global_step < total_steps and early_stopping_patience:
-        history.stopped_reason = "early_stopping"
+    if guard.triggered:
+        print(guard.message)
+    elif history.stopped_reason == "finished" and safety.stopped_early(stopper, trainer.state):
+        history.stopped_reason = safety.STOPPED_EARLY
     if history.eval_loss:
         history.best_step = history.eval_steps[history.eval_loss.index(min(history.eval_loss))]
     model.ftlib_training = {
@@ -291,7 +294,14 @@ def _compute_dtype(model):
     return torch.float32
 
 
-def _is_folder(path):
-    from pathlib import Path
-
-    return Path(path).is_dir()
+def _memory_settings(model, config):
+    """What the out-of-memory advice needs to know about this run."""
+    settings = dict(getattr(model, "ftlib_settings", {}))
+    lora = settings.pop("lora", {})
+    return {
+        **settings,
+        "r": lora.get("r"),
+        "per_device_train_batch_size": config.per_device_train_batch_size,
+        "gradient_accumulation_steps": config.gradient_accumulation_steps,
+        "gradient_checkpointing": acceleration.gradient_checkpointing_mode(model),
+    }

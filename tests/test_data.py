@@ -138,7 +138,10 @@ ALPACA_ROWS = [
 def test_alpaca_rows_with_the_tokenizers_template(tokenizer):
     dataset = quiet(ALPACA_ROWS, tokenizer)
     assert dataset.ftlib_shape == "alpaca"
-    with_input = [{"role": "user", "content": "Classify the headline.\n\nShares rose 5%"}, {"role": "assistant", "content": "positive"}]
+    with_input = [
+        {"role": "user", "content": "Classify the headline.\n\nShares rose 5%"},
+        {"role": "assistant", "content": "positive"},
+    ]
     empty_input = [{"role": "user", "content": "Say hello."}, {"role": "assistant", "content": "hello"}]
     assert dataset["text"] == [chat(tokenizer, with_input), chat(tokenizer, empty_input)]
     for example in dataset:
@@ -148,7 +151,9 @@ def test_alpaca_rows_with_the_tokenizers_template(tokenizer):
 def test_alpaca_template_writes_the_input_section_only_when_there_is_one(tokenizer):
     dataset = quiet(ALPACA_ROWS, tokenizer, template="alpaca")
     first, second = dataset
-    assert first["prompt"].endswith("### Instruction:\nClassify the headline.\n\n### Input:\nShares rose 5%\n\n### Response:\n")
+    assert first["prompt"].endswith(
+        "### Instruction:\nClassify the headline.\n\n### Input:\nShares rose 5%\n\n### Response:\n"
+    )
     assert "### Input:" not in second["text"]
     assert second["prompt"].endswith("### Instruction:\nSay hello.\n\n### Response:\n")
     for example in dataset:
@@ -289,11 +294,13 @@ def test_test_size_splits_with_a_seed(tokenizer):
     first = quiet(rows, tokenizer, test_size=0.2)
     assert (len(first["train"]), len(first["test"])) == (40, 10)
     assert first["train"].ftlib_shape == "qa"
+    assert len(length_report(first).lengths) == 50  # the report covers both splits
     again = quiet(rows, tokenizer, test_size=0.2)
     other = quiet(rows, tokenizer, test_size=0.2, seed=1)
     assert first["test"]["text"] == again["test"]["text"]
     assert first["test"]["text"] != other["test"]["text"]
-    assert sorted(list(first["train"]["text"]) + list(first["test"]["text"])) == sorted(quiet(rows, tokenizer)["text"])
+    everything = list(first["train"]["text"]) + list(first["test"]["text"])
+    assert sorted(everything) == sorted(quiet(rows, tokenizer)["text"])
     assert len(quiet(rows, tokenizer, test_size=5)["test"]) == 5
 
 
@@ -317,6 +324,8 @@ def test_dataset_dict_keeps_its_splits(tokenizer):
     assert (len(resplit["train"]), len(resplit["test"])) == (8, 2)
     with pytest.raises(FtlibError, match="already has the splits.*test_size=None"):
         quiet(splits, tokenizer, test_size=0.2)
+    plain = quiet({"train": many_rows(6), "test": QA_ROWS}, tokenizer)  # a plain dict of row lists
+    assert plain["test"]["text"] == formatted["test"]["text"] and len(plain["train"]) == 6
 
 
 # ---- lengths, truncation, showing an example ---------------------------------------------------
@@ -451,9 +460,18 @@ BAD_INPUTS = {
         [{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": ""}]}], {},
         r"row 0, 'messages' turn 1: 'content' must be non-empty text",
     ),
-    "unknown template": (QA_ROWS, {"template": "vicuna"}, r"unknown template 'vicuna': known templates are alpaca, chatml, llama-3"),
+    "named column missing": (
+        QA_ROWS, {"question_column": "headline"},
+        r"shape 'qa' needs the column\(s\) headline, but row 0 has only \(answer, question\)",
+    ),
+    "unknown template": (
+        QA_ROWS, {"template": "vicuna"}, r"unknown template 'vicuna': known templates are alpaca, chatml, llama-3"
+    ),
     "unknown shape": (QA_ROWS, {"shape": "pairs"}, r"unknown shape 'pairs': use one of qa, alpaca"),
-    "shape without its columns": (QA_ROWS, {"shape": "alpaca"}, r"shape 'alpaca' needs the column\(s\) instruction, output.*row 0 has only \(answer, question\)"),
+    "shape without its columns": (
+        QA_ROWS, {"shape": "alpaca"},
+        r"shape 'alpaca' needs the column\(s\) instruction, output.*row 0 has only \(answer, question\)",
+    ),
     "bad test_size": (QA_ROWS, {"test_size": 1.5}, r"test_size must be a fraction.*try test_size=0.2"),
     "test_size leaves nothing to train": (QA_ROWS, {"test_size": 3}, r"cannot split 3 example\(s\)"),
     "bad too_long": (QA_ROWS, {"too_long": "cut"}, r"too_long must be 'truncate' or 'drop'"),
@@ -481,11 +499,14 @@ def test_malformed_jsonl_line_names_its_line_number(tokenizer, tmp_path):
 
 
 def test_file_errors_name_the_line(tokenizer, tmp_path):
+    bom = write(tmp_path, "bom.jsonl", "\ufeff" + json.dumps(QA_ROWS[0]) + "\n")  # as Windows tools save it
+    assert quiet(bom, tokenizer)["completion"] == [QA_ROWS[0]["answer"]]
     path = write(tmp_path, "rows.jsonl", '{"question": "q", "answer": "a"}\n{"question": "q", "answer": ""}\n')
     with pytest.raises(FtlibError, match=r"line 2 of rows.jsonl: column 'answer' is empty"):
         quiet(path, tokenizer)
     mixed = write(tmp_path, "mixed.jsonl", '{"question": "q", "answer": "a"}\n{"prompt": "p", "completion": "c"}\n')
-    with pytest.raises(FtlibError, match=r"mixed shapes: row 0 is 'qa'.*line 2 of mixed.jsonl looks like 'prompt_completion'"):
+    expected = r"mixed shapes: row 0 is 'qa'.*line 2 of mixed.jsonl looks like 'prompt_completion'"
+    with pytest.raises(FtlibError, match=expected):
         quiet(mixed, tokenizer)
     csv_path = write(tmp_path, "rows.csv", "question,answer\nq,a\nq,\n")
     with pytest.raises(FtlibError, match=r"line 3 of rows.csv: column 'answer' is empty"):
@@ -543,3 +564,26 @@ def test_template_that_rewrites_earlier_turns_still_trains_every_reply(tokenizer
         example = quiet([{"messages": CONVERSATION}], rewriting)[0]
     eos = tokenizer.eos_token
     assert trained_runs(example, rewriting) == ["positive<|im_end|>", "<think></think>negative<|im_end|>" + eos]
+
+
+def test_a_template_without_end_marker_keeps_the_answers_own_whitespace(tokenizer):
+    bare = copy.deepcopy(tokenizer)
+    bare.chat_template = (
+        "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}assistant: {% endif %}"
+    )
+    rows = [{"question": "Write a function.", "answer": "def f():\n    return 1\n"}]
+    example = quiet(rows, bare)[0]
+    assert example["prompt"] == "user: Write a function.\nassistant: "
+    assert_prompt_masked(example, bare)  # text == prompt + answer (with its newline) + EOS
+
+
+def test_a_template_that_trims_replies_still_trains_the_reply_and_marker(tokenizer):
+    trimming = copy.deepcopy(tokenizer)
+    trimming.chat_template = (
+        "{% for m in messages %}{{ '<|' + m['role'] + '|>\n' + (m['content'] | trim) + eos_token + '\n' }}"
+        "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+    )
+    example = quiet([{"question": "Impact?", "answer": "positive  "}], trimming)[0]
+    assert trained_runs(example, trimming) == ["positive" + tokenizer.eos_token]
+    assert example["text"] == example["prompt"] + "positive" + tokenizer.eos_token

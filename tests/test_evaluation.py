@@ -50,10 +50,26 @@ def test_normalize_answer_ignores_case_punctuation_and_spacing():
 # ------------------------------------------------------------------------------------------ evaluate
 
 
+def _teach(model, dataset, steps=10, learning_rate=3e-3):
+    """A few plain full-batch steps on `dataset`, so even an untrained base learns to answer in words."""
+    batch = max(len(row) for row in dataset["input_ids"])
+    input_ids = torch.tensor([row + [0] * (batch - len(row)) for row in dataset["input_ids"]])
+    labels = torch.tensor([row + [-100] * (batch - len(row)) for row in dataset["labels"]])
+    attention_mask = (labels != -100) | (torch.arange(batch) < torch.tensor([[len(r)] for r in dataset["input_ids"]]))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate)
+    model.train()
+    for _ in range(steps):
+        model(input_ids=input_ids, attention_mask=attention_mask.long(), labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+
+
 def test_accuracy_counts_exactly_the_answers_the_model_gives(tiny_model):
     model, tokenizer = tiny_model
     rows = load_headlines("test")[:10]
-    prompts = _formatted(rows, tokenizer)["prompt"]
+    _teach(model, _formatted(rows, tokenizer))
+    prompts = list(_formatted(rows, tokenizer)["prompt"])
     said = generate(model, tokenizer, prompts, max_new_tokens=6, use_chat_template=False)
     usable = [index for index, text in enumerate(said) if normalize_answer(text)]
     assert len(usable) >= 4, f"the model should say something for most prompts, got {said}"
@@ -154,12 +170,12 @@ def test_bad_evaluation_input_names_the_fix(tiny_model):
 def test_result_prints_summary_and_wrong_answers():
     examples = [
         {"prompt": "<s>Q: Acme shares jump\nA:", "expected": "positive", "predicted": "positive", "correct": True},
-        {"prompt": "<s>Q: Acme cuts jobs\nA:", "expected": "negative", "predicted": "positive", "correct": False},
+        {"prompt": "<s>Q: Bolt cuts jobs\nA:", "expected": "negative", "predicted": "positive", "correct": False},
     ]
     result = EvaluationResult(loss=0.4, perplexity=math.exp(0.4), accuracy=0.5, examples=examples)
     text = str(result)
     assert "0.4000" in text and "1.49" in text and "0.500" in text and "1 of 2 correct" in text
-    assert "Acme cuts jobs" in text and "Acme shares jump" not in text  # only the wrong one is listed
+    assert "Bolt cuts jobs" in text and "Acme shares jump" not in text  # only the wrong one is listed
     assert "<s>Q:" not in result.table()  # the part every prompt shares is left out
 
 
@@ -253,7 +269,6 @@ def _train_settings(tmp_path, **overrides):
     return settings
 
 
-@pytest.mark.slow
 def test_diagnose_a_real_over_fitted_run(tmp_path):
     # Every weight trains on 8 examples for 20 epochs: the model memorises them and stops generalising.
     model, tokenizer = _load(full_finetuning=True)

@@ -31,3 +31,22 @@ def test_cli_reports_bad_input_without_a_traceback(tmp_path, capsys):
     assert code == 2
     error = capsys.readouterr().err
     assert error.startswith("ftlib: ") and "missing.jsonl" in error
+
+
+def test_cli_train_saves_an_adapter_that_chat_can_talk_to(tmp_path, capsys, monkeypatch):
+    from ftlib.demo import load_headlines
+    import json
+
+    data = tmp_path / "rows.jsonl"
+    data.write_text("\n".join(json.dumps(row) for row in load_headlines("train")[:20]))
+    output = tmp_path / "adapter"
+    assert main(["train", "--data", str(data), "--output", str(output), "--no-4bit", "--max-steps", "2",
+                 "--max-seq-length", "128"]) == 0
+    assert (output / "adapter_model.safetensors").is_file()
+    assert re.search(r"^train: final_loss=\d+\.\d+, held-out loss \d+\.\d+ seconds=\d+$",
+                     capsys.readouterr().out, flags=re.M)
+
+    answers = iter(["Headline: Acme shares rose\nDoes this headline impact Acme positively or negatively?", "/exit"])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(answers))
+    assert main(["chat", str(output), "--max-new-tokens", "4", "--temperature", "0"]) == 0
+    assert "model> " in capsys.readouterr().out

@@ -91,7 +91,7 @@ def fill(template, company, rng, companies):
 
     Example:
         >>> fill("{company} cuts {number} hundred jobs", "Velex Foods", random.Random(0), ["Velex Foods"])
-        'Velex Foods cuts 7 hundred jobs'
+        'Velex Foods cuts 34 hundred jobs'
     """
     others = [name for name in companies if name != company] or [company]
     return template.format(

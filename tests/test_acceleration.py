@@ -1,0 +1,181 @@
+"""ftlib.acceleration keeps the math: on the same batch, each option's loss equals the plain path's.
+
+On a CPU the GPU-only options (Liger kernels, 8-bit AdamW, activation offloading) must switch themselves
+off without an error; the options that exist here (non-reentrant checkpointing, padding-free batching)
+must give the same loss and gradients as the plain path. The benchmark's CPU smoke mode runs here too.
+"""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ftlib import acceleration
+from ftlib.errors import FtlibError
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _lora(model, checkpointing):
+    from ftlib import add_lora
+
+    return add_lora(model, r=8, lora_alpha=16, use_gradient_checkpointing=checkpointing)
+
+
+def _batch(tokenizer, texts):
+    encoded = tokenizer(texts, return_tensors="pt", padding=True)
+    labels = encoded["input_ids"].masked_fill(encoded["attention_mask"] == 0, -100)
+    return encoded["input_ids"], encoded["attention_mask"], labels
+
+
+TEXTS = ["Shares of the company rose after the results beat forecasts.",
+         "Investors worried when the factory closed.", "The bank cut its outlook."]
+
+
+def _loss_and_gradients(model, tokenizer):
+    input_ids, attention_mask, labels = _batch(tokenizer, TEXTS)
+    model.train()
+    loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+    loss.backward()
+    gradients = {name: parameter.grad.clone() for name, parameter in model.named_parameters()
+                 if parameter.grad is not None}
+    model.zero_grad(set_to_none=True)
+    return loss.detach(), gradients
+
+
+def test_after_load_changes_nothing_on_cpu(tiny_model):
+    model, tokenizer = tiny_model
+    input_ids, attention_mask, _ = _batch(tokenizer, TEXTS)
+    with torch.no_grad():
+        before = model(input_ids=input_ids, attention_mask=attention_mask).logits
+    returned = acceleration.after_load(model, model.ftlib_settings)
+    with torch.no_grad():
+        after = returned(input_ids=input_ids, attention_mask=attention_mask).logits
+    assert returned is model
+    assert model.ftlib_acceleration == []  # no Liger kernels without a GPU
+    assert torch.equal(before, after)
+
+
+@pytest.mark.parametrize("mode", [True, "offload"])
+def test_checkpointing_keeps_loss_and_gradients(tiny_path, mode):
+    from ftlib import load_model
+
+    plain_model, tokenizer = load_model(tiny_path, load_in_4bit=False, max_seq_length=128)
+    plain_loss, plain_gradients = _loss_and_gradients(_lora(plain_model, False), tokenizer)
+    model, _ = load_model(tiny_path, load_in_4bit=False, max_seq_length=128)
+    model = _lora(model, mode)
+    assert model.get_base_model().is_gradient_checkpointing
+    assert acceleration.gradient_checkpointing_mode(model) == mode
+    loss, gradients = _loss_and_gradients(model, tokenizer)
+    assert torch.allclose(loss, plain_loss, atol=1e-6)
+    assert gradients.keys() == plain_gradients.keys() and gradients
+    for name, gradient in gradients.items():
+        assert torch.allclose(gradient, plain_gradients[name], atol=1e-6, rtol=1e-4), name
+    # "offload" moves activations to CPU memory: meaningless on a CPU, so the trainer gets no such setting
+    assert "activation_offloading" not in acceleration.trainer_settings(model)
+
+
+def test_padding_free_batch_gives_the_padded_loss(tiny_model):
+    """Sequences laid end to end (no padding) must score exactly as the padded batch does."""
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    model, tokenizer = tiny_model
+    assert acceleration.supports_padding_free(model)
+    rows = [{"input_ids": tokenizer(text)["input_ids"]} for text in TEXTS]
+    model.eval()
+    losses = {}
+    for padding_free in (False, True):
+        collator = DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id, padding_free=padding_free)
+        batch = collator(rows)
+        if padding_free:
+            assert batch["input_ids"].shape[0] == 1 and "attention_mask" not in batch
+        with torch.no_grad():
+            losses[padding_free] = model(**batch, use_cache=False).loss  # training never uses the cache
+    assert torch.allclose(losses[True], losses[False], atol=1e-5)
+
+
+def test_trainer_settings_on_cpu(tiny_model):
+    model, _ = tiny_model
+    settings = acceleration.trainer_settings(model)
+    assert settings == {"optim": "adamw_torch"}  # 8-bit AdamW needs a GPU; no padding-free unless asked
+    with_padding_free = acceleration.trainer_settings(model, padding_free=True)
+    assert with_padding_free["padding_free"] is True and with_padding_free["max_length"] is None
+
+
+def test_trainer_settings_without_padding_free_attention(tiny_model):
+    model, _ = tiny_model
+    model.config._attn_implementation = "eager"
+    assert not acceleration.supports_padding_free(model)
+    assert "padding_free" not in acceleration.trainer_settings(model, padding_free=True)
+
+
+def test_plain_switch_turns_everything_off(tiny_model, monkeypatch):
+    model, _ = tiny_model
+    monkeypatch.setenv("FTLIB_PLAIN", "1")
+    assert acceleration.plain_requested()
+    assert acceleration.trainer_settings(model, padding_free=True) == {"optim": "adamw_torch"}
+    assert acceleration.after_load(model, {}).ftlib_acceleration == []
+
+
+def test_bad_checkpointing_mode_names_the_choices(tiny_model):
+    model, _ = tiny_model
+    with pytest.raises(FtlibError, match="True, False or 'offload'"):
+        acceleration.enable_gradient_checkpointing(model, "sometimes")
+
+
+def test_checkpointing_off_turns_it_off(tiny_model):
+    model, _ = tiny_model
+    acceleration.enable_gradient_checkpointing(model, True)
+    assert model.is_gradient_checkpointing
+    acceleration.enable_gradient_checkpointing(model, False)
+    assert not model.is_gradient_checkpointing
+
+
+def test_rope_dispatch_uses_the_plain_function_on_cpu_tensors():
+    calls = []
+
+    def fast(q, k, cos, sin, *args, **kwargs):
+        raise AssertionError("a Triton kernel must never see CPU tensors")
+
+    def plain(q, k, cos, sin, *args, **kwargs):
+        calls.append(kwargs)
+        return q, k
+
+    dispatch = acceleration._dispatch_by_device(fast, plain)
+    q = torch.ones(1, 2, 3, 4)
+    assert dispatch(q, q, q, q, unsqueeze_dim=1)[0] is q
+    assert calls == [{"unsqueeze_dim": 1}]
+    assert dispatch._ftlib_plain is plain
+
+
+def test_liger_is_not_available_without_a_gpu():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert not acceleration.liger_available()
+
+
+@pytest.mark.slow
+def test_benchmark_smoke_ftlib_matches_plain(tmp_path):
+    """The benchmark's CPU smoke mode: ftlib's path and the plain recipe agree on every loss."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import run as benchmark
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    benchmark.make_checkpoint("tiny", tmp_path / "tiny")
+    results = {}
+    for system, padding_free in (("ftlib", False), ("plain", False), ("ftlib", True)):
+        spec = benchmark._spec(system, "tiny", method="lora16", mix="variable", length=64, steps=2, warmup=1,
+                               dtype="float32", gpu=False, padding_free=padding_free, checkpoint=str(tmp_path / "tiny"))
+        results[(system, padding_free)] = benchmark.worker(spec)
+    plain = results[("plain", False)]
+    for key in (("ftlib", False), ("ftlib", True)):
+        result = results[key]
+        assert result["tokens_per_second"] > 0 and len(result["losses"]) == 2
+        assert result["parity_loss"] == pytest.approx(plain["parity_loss"], abs=1e-5)
+        assert result["losses"] == pytest.approx(plain["losses"], abs=1e-4)
+        assert result["step_tokens"] == plain["step_tokens"]  # the same real tokens were trained on
+    # padding-free spends no slots on padding; the padded batch does
+    assert sum(results[("ftlib", True)]["step_slots"]) == sum(plain["step_tokens"])
+    assert sum(plain["step_slots"]) > sum(plain["step_tokens"])

@@ -1,0 +1,97 @@
+"""The notebooks' shape, without running them: skeleton, markers, prose, no saved errors, built from build.py."""
+
+import importlib.util
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+PATHS = sorted(NOTEBOOKS.glob("0[1-8]_*.ipynb"))
+MARKERS = ("# NBVAL_CHECK_OUTPUT", "# NBVAL_IGNORE_OUTPUT")
+MAX_CODE_LINES = 16  # "roughly fifteen lines or fewer", counting the nbval marker line
+
+
+def _build_module():
+    spec = importlib.util.spec_from_file_location("notebook_build", NOTEBOOKS / "build.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _markdown(notebook):
+    return [cell.source for cell in notebook.cells if cell.cell_type == "markdown"]
+
+
+def test_there_are_eight_notebooks_one_per_guide_section():
+    assert [path.name[:2] for path in PATHS] == ["01", "02", "03", "04", "05", "06", "07", "08"]
+
+
+@pytest.mark.parametrize("path", PATHS, ids=lambda path: path.name[:2])
+def test_skeleton_title_learn_setup_recap_questions_next(path):
+    notebook = nbformat.read(path, as_version=4)
+    markdown = _markdown(notebook)
+    assert markdown[0].startswith(f"# {path.name[:2]} · ") and "What you will learn" in markdown[0]
+    assert any(text.startswith("## Setup") for text in markdown)
+    assert any(text.startswith("## Recap") for text in markdown)
+    questions = next(text for text in markdown if text.startswith("## Check yourself"))
+    assert len(re.findall(r"^\d+\. ", questions, flags=re.M)) >= 3
+    number = int(path.name[:2])
+    target = f"{number + 1:02d}_" if number < 8 else "01_"
+    links = re.findall(r"\]\(([^)]+\.ipynb)\)", markdown[-1])
+    assert links and links[0].startswith(target) and (NOTEBOOKS / links[0]).is_file()
+    numbered = [text for text in markdown if re.match(r"## \d+\. ", text)]
+    assert len(numbered) >= 2, "sections are numbered"
+
+
+@pytest.mark.parametrize("path", PATHS, ids=lambda path: path.name[:2])
+def test_every_code_cell_has_prose_before_it_a_marker_and_few_lines(path):
+    notebook = nbformat.read(path, as_version=4)
+    previous = None
+    for index, cell in enumerate(notebook.cells):
+        if cell.cell_type == "code":
+            assert previous is not None, f"cell {index} is the first cell"
+            lines = cell.source.splitlines()
+            assert lines[0] in MARKERS, f"cell {index} starts with {lines[0]!r}, not an nbval marker"
+            assert len(lines) <= MAX_CODE_LINES, f"cell {index} has {len(lines)} lines"
+            assert not re.search(r"^\s*(def|class) ", cell.source, flags=re.M), f"cell {index} defines library code"
+        previous = cell
+    # prose before each code cell: the cell before is markdown, or a code cell itself preceded by prose
+    kinds = [cell.cell_type for cell in notebook.cells]
+    for index, kind in enumerate(kinds):
+        if kind == "code":
+            before = kinds[:index]
+            assert "markdown" in before[-3:], f"cell {index}: three code cells in a row without prose"
+    assert sum(cell.source.startswith(MARKERS[0]) for cell in notebook.cells if cell.cell_type == "code") >= 1
+
+
+@pytest.mark.parametrize("path", PATHS, ids=lambda path: path.name[:2])
+def test_saved_outputs_exist_and_none_is_an_error(path):
+    notebook = nbformat.read(path, as_version=4)
+    code_cells = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    assert all(cell.execution_count for cell in code_cells), "run the notebook: python notebooks/build.py --execute"
+    for cell in code_cells:
+        for output in cell.outputs:
+            assert output.output_type != "error", f"saved error in cell: {cell.source[:80]!r}"
+            assert "Traceback (most recent call last)" not in str(output.get("text", ""))
+
+
+@pytest.mark.parametrize("path", PATHS, ids=lambda path: path.name[:2])
+def test_notebook_matches_its_source_in_build_py(path):
+    build = _build_module()
+    expected = build.build(path.name[:2])
+    saved = nbformat.read(path, as_version=4)
+    assert [cell.source for cell in saved.cells] == [cell.source for cell in expected.cells], (
+        "edit notebooks/build.py, then run: python notebooks/build.py --execute " + path.name[:2]
+    )
+
+
+def test_training_notebooks_plot_live_loss_and_keep_the_final_figure():
+    for number in ("01", "04", "06"):
+        notebook = nbformat.read(next(NOTEBOOKS.glob(f"{number}_*.ipynb")), as_version=4)
+        plotted = [cell for cell in notebook.cells if cell.cell_type == "code" and "LiveLossPlot(" in cell.source]
+        assert plotted, number
+        for cell in plotted:
+            images = [output for output in cell.outputs if "image/png" in output.get("data", {})]
+            assert len(images) == 1, f"{number}: one final figure per training cell, got {len(images)}"
