@@ -29,13 +29,13 @@ def _label(spec):
 
 
 def estimate_for(spec):
-    """ftlib.estimate_memory for the settings of one run (ftlib's own configuration)."""
+    """ftlib.estimate_memory for the settings of one run: ftlib's configuration, or the plain recipe's upcasting."""
     from ftlib.memory import estimate_memory
 
-    checkpointing = spec.get("checkpointing", True)
     return estimate_memory(spec["shape"], "qlora" if spec["method"] == "qlora" else "lora",
                            max_seq_length=spec["length"], batch_size=spec["batch"],
-                           gradient_checkpointing=checkpointing)
+                           gradient_checkpointing=spec.get("checkpointing", True),
+                           float32_upcasting=spec["system"] == "plain")
 
 
 def tables(results):
@@ -56,7 +56,9 @@ def tables(results):
             spec = run["spec"]
             name = f"{case[0]} {case[1]} {case[2]} {case[3]} {case[4]}" + (f" cap {case[5]} GiB" if case[5] else "")
             if "error" in run:
-                lines.append(f"| {name} | {_label(spec)} | error: {run['error']} | | | | | | | | | |")
+                last = [line for line in run.get("log_tail", "").splitlines() if line.strip()][-1:]
+                why = f" ({last[0].strip()[:90]})" if last else ""
+                lines.append(f"| {name} | {_label(spec)} | error: {run['error']}{why} | | | | | | | | | |")
                 continue
             ratios = []
             for other, key in (("plain", "tokens_per_second"), ("unsloth", "tokens_per_second"),
@@ -78,11 +80,13 @@ def tables(results):
             lines.append(f"| {run['spec']['shape']} {run['spec']['dtype']} cap {run['spec'].get('memory_cap_gb')} GiB | "
                          f"{run['spec']['system']} | {info['longest_ok']:,} | {info['first_failed'] or 'none tried'} | "
                          f"{at.get('peak_reserved_gb', 0):.2f} |")
-    estimates = [run for run in results["runs"] if run["spec"]["system"] == "ftlib" and "error" not in run
+    estimates = [run for run in results["runs"] if run["spec"]["system"] in ("ftlib", "plain") and "error" not in run
                  and run.get("peak_reserved_gb")]
     if estimates:
-        lines += ["", "ftlib.estimate_memory against ftlib's measured peaks (the estimate's `pytorch_reserved_gb`, "
-                  "i.e. without the CUDA context, which PyTorch does not count):", "",
+        lines += ["", "ftlib.estimate_memory against the measured peaks (the estimate's `pytorch_reserved_gb`, "
+                  "i.e. without the CUDA context, which PyTorch does not count; plain runs estimated with "
+                  "`float32_upcasting=True`; variable-length runs are estimated for full 2 x 2048 batches, "
+                  "the worst case):", "",
                   "| case | estimate GB | measured reserved GB | error | measured allocated GB | error |",
                   "| --- | ---: | ---: | ---: | ---: | ---: |"]
         for run in estimates:
@@ -100,7 +104,9 @@ def write_report(result_files, readme):
     """Replace the results section of README.md with tables built from `result_files`."""
     lines = []
     for path in result_files:
-        lines += tables(json.loads(Path(path).read_text())) + [""]
+        data = json.loads(Path(path).read_text())
+        for results in data.get("calls", [data]):
+            lines += tables(results) + [""]
     text = Path(readme).read_text() if Path(readme).is_file() else f"# Benchmarks\n\n{START}\n{END}\n"
     if START not in text:
         text += f"\n{START}\n{END}\n"

@@ -426,9 +426,9 @@ def plan(name):
     """The configurations of a plan, highest priority first. Example: `plan("smoke")`."""
     eight, one = "llama-3.1-8b", "llama-3.2-1b"
     if name == "smoke":
-        specs = [_spec(system, "tiny", method="lora16", mix=mix, length=64, steps=3, warmup=1, dtype="float32",
+        specs = [_spec(system, "tiny", method="lora16", mix=mix, length=256, steps=3, warmup=1, dtype="float32",
                        gpu=False) for system in ("ftlib", "plain") for mix in ("fixed", "variable")]
-        return specs + [_spec("ftlib", "tiny", method="lora16", mix="variable", length=64, steps=3, warmup=1,
+        return specs + [_spec("ftlib", "tiny", method="lora16", mix="variable", length=256, steps=3, warmup=1,
                               dtype="float32", gpu=False, padding_free=True)]
     if name == "main":
         specs = [_spec(system, eight, steps=4) for system in SYSTEMS]
@@ -439,6 +439,8 @@ def plan(name):
         specs += [_spec(system, eight, dtype="float16", memory_cap_gb=15, steps=3, warmup=1, max_seq_length=65536,
                         longest=65536) for system in SYSTEMS]
         return specs
+    if name == "unsloth":  # a second call when the first could not import Unsloth
+        return [_spec("unsloth", eight, steps=4), _spec("unsloth", one, steps=4)]
     if name == "more":
         specs = [_spec(system, eight, dtype="float16", memory_cap_gb=15, steps=3, warmup=1, max_seq_length=131072,
                        longest=131072) for system in SYSTEMS]

@@ -42,6 +42,7 @@ def format_dataset(
     system_prompt=None,  # added as the system turn of every conversation that has none
     max_seq_length=None,  # None = tokenizer.model_max_length (load_model sets it), else 2048; longer: more memory
     too_long="truncate",  # "truncate" keeps the start (the answer may lose its end, EOS); "drop" leaves it out
+    # (raw text is never truncated: long documents are cut into max_seq_length pieces)
     train_on_responses_only=True,  # True: learn answers only (usual for chat/QA); False: also learn to write prompts
     test_size=None,  # e.g. 0.2 holds out 20% (the guide's choice); 0.1-0.3 typical; or a whole number of examples
     seed=3407,  # the split's shuffle; same seed, same split
@@ -316,8 +317,8 @@ def show_example(dataset, tokenizer, index=0):
         Example 0: 31 tokens, 2 trained on. Inside ⟦ ⟧: read only (labels -100); outside: learned.
         ⟦<|begin|><|user|>...<|assistant|>\\n⟧positive<|end|>
     """
-    example = first_split(dataset)[index] if 0 <= index < len(first_split(dataset)) else None
-    text = marked_example(dataset, tokenizer, index)
+    text = marked_example(dataset, tokenizer, index)  # checks the index first
+    example = first_split(dataset)[index]
     trained = sum(label != IGNORE_INDEX for label in example["labels"])
     print(
         f"Example {index}: {len(example['input_ids'])} tokens, {trained} trained on. "

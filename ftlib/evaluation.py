@@ -8,7 +8,6 @@
 """
 
 import math
-import re
 import unicodedata
 from dataclasses import dataclass, field
 
@@ -159,11 +158,8 @@ def evaluate(
     Example:
         >>> result = evaluate(model, tokenizer, dataset["test"]); print(result)
     """
-    rows = _as_formatted_rows(dataset, tokenizer, max_seq_length)
-    if max_examples is not None:
-        if isinstance(max_examples, bool) or not isinstance(max_examples, int) or max_examples < 1:
-            raise FtlibError(f"max_examples must be a positive whole number or None, got {max_examples!r}: try 100")
-        rows = rows[:max_examples]
+    if max_examples is not None and (isinstance(max_examples, bool) or not isinstance(max_examples, int) or max_examples < 1):
+        raise FtlibError(f"max_examples must be a positive whole number or None, got {max_examples!r}: try 100")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise FtlibError(f"batch_size must be a positive whole number, got {batch_size!r}: try batch_size=8 (or 1 if memory is short)")
     if scorer is not None and not callable(scorer):
@@ -172,6 +168,7 @@ def evaluate(
             f"from 0 to 1, got {type(scorer).__name__}: e.g. scorer=lambda predicted, expected: expected in predicted"
         )
 
+    rows = _as_formatted_rows(dataset, tokenizer, max_seq_length)[:max_examples]
     examples = [
         {"prompt": row["prompt"], "expected": row["completion"], "predicted": None, "correct": None}
         for row in rows
@@ -189,7 +186,8 @@ def evaluate(
         if was_training:
             model.train()
     perplexity = math.exp(min(loss, 700.0)) if loss is not None else None  # 700: exp overflows beyond ~709
-    scorer_name = "exact match" if scorer is None else getattr(scorer, "__name__", "custom scorer")
+    scorer_name = "exact match" if scorer is None else getattr(scorer, "__name__", "<lambda>")
+    scorer_name = "custom scorer" if scorer_name == "<lambda>" else scorer_name
     return EvaluationResult(loss, perplexity, accuracy, examples, scorer_name=scorer_name)
 
 
@@ -423,13 +421,16 @@ class Diagnosis:
     step: int | None  # the step where the problem began (None when healthy)
     explanation: str
     remedies: list = field(default_factory=list)
+    where: str = ""  # how the step reads in the headline; "" = "from step N"
 
     @property
     def healthy(self):
         return self.verdict == "healthy"
 
     def __str__(self):
-        where = f" (from step {self.step})" if self.step is not None and not self.healthy else ""
+        where = ""
+        if self.step is not None and not self.healthy:
+            where = f" ({self.where or 'from step'} {self.step})"
         lines = [f"Diagnosis: {self.verdict}{where}", self.explanation]
         if self.remedies:
             lines.append("What to try:" if not self.healthy else "Next:")
@@ -521,11 +522,11 @@ def _diverged(history, learning_rate):
     if spikes and not climbing:
         step, value = spikes[0]
         highest = max(history.loss)
+        peak = f" (and up to {highest:.2f} later)" if highest > value else ""
         return Diagnosis(
             "diverged", step,
-            f"The training loss jumped from {first:.2f} at the start to {value:.2f} at step {step} (up to "
-            f"{highest:.2f}): the updates overshoot, so the run is unstable even where the loss comes back down "
-            f"(it ended near {final:.2f}).",
+            f"The training loss jumped from {first:.2f} at the start to {value:.2f} at step {step}{peak}: the "
+            f"updates overshoot, so the run is unstable even where the loss comes back down (it ended near {final:.2f}).",
             remedies,
         )
     if not climbing:
@@ -536,11 +537,15 @@ def _diverged(history, learning_rate):
         if smoothed[index] > DIVERGE_RISE * lowest and smoothed[index] - lowest > DIVERGE_MIN_RISE:
             step = history.steps[index]
             break
-    above_start = " - above where it started -" if final > first else ""
+    if lowest_index == 0:
+        path = f"never fell below where it started ({first:.2f}) and climbed to {final:.2f}"
+    else:
+        above_start = " - above where it started -" if final > first else ""
+        path = f"fell to {lowest:.2f}, then climbed back to {final:.2f}{above_start}"
     return Diagnosis(
         "diverged", step,
-        f"The training loss fell to {lowest:.2f}, then climbed back to {final:.2f}{above_start} from about step "
-        f"{step}: the learning rate is too high, so each update overshoots and undoes what was learned.",
+        f"The training loss {path} from about step {step}: the learning rate is too high, so each update "
+        "overshoots and undoes what was learned.",
         remedies,
     )
 
@@ -601,7 +606,7 @@ def _under_fitted(history, learning_rate):
     # The plateau began where the smoothed loss first came within 5% of where it ended.
     plateau_index = next(index for index, value in enumerate(smoothed) if value <= final * 1.05)
     still_falling = plateau_index >= len(smoothed) - max(2, len(smoothed) // 10)
-    step = history.steps[plateau_index]
+    step = history.steps[-1] if still_falling else history.steps[plateau_index]
     if learning_rate and learning_rate < USUAL_LORA_RATE:
         raise_rate = f"learning_rate={USUAL_LORA_RATE:g} (you used {learning_rate:.2g})"
     elif learning_rate:
@@ -623,20 +628,34 @@ def _under_fitted(history, learning_rate):
         f"The training loss {how}; a model that has learned the task settles near {HEALTHY_LOW}-{HEALTHY_HIGH} "
         "or below on the answer tokens.",
         remedies,
+        where="still learning at step" if still_falling else "",
     )
 
 
 def _healthy(history):
     final = _smooth(history.loss)[-1]
-    held_out = ""
     if history.eval_loss:
         best = min(history.eval_loss)
-        held_out = f" The held-out loss ended at {history.eval_loss[-1]:.3f} (best {best:.3f}) and is not rising."
+        held_out = f"ended at {history.eval_loss[-1]:.3f} (best {best:.3f}) and is not rising"
+        if final < MEMORISED_LOSS:
+            explanation = (
+                f"The training loss went close to 0 ({final:.3f}), but the held-out loss went down with it: it {held_out}. "
+                "So the model learned the task rather than memorising its examples (short answers, like a one-word "
+                "label, can be predicted this surely)."
+            )
+        else:
+            explanation = f"The training loss settled at {final:.3f} without climbing or collapsing to 0. The held-out loss {held_out}."
+    else:
+        explanation = (
+            f"The training loss settled at {final:.3f} without climbing or collapsing to 0 (the guide's healthy "
+            f"range is about {HEALTHY_LOW}-{HEALTHY_HIGH}). Without held-out data over-fitting cannot be ruled out: "
+            "pass eval_dataset=... next time."
+        )
     return Diagnosis(
         "healthy", None,
-        f"The training loss settled at {final:.3f} without climbing or collapsing to 0.{held_out}",
+        explanation,
         [
             "Check the answers themselves: evaluate(model, tokenizer, test_set) for accuracy on unseen examples.",
-            "Save the adapter: save(model, tokenizer, 'my-adapter').",
+            "Save it: save(model, tokenizer, 'my-model').",
         ],
     )

@@ -9,9 +9,9 @@ the same prompt always gives the same answer, which is what you want when checki
 """
 
 import copy
+import queue
 import sys
 import threading
-import queue
 
 import torch
 
@@ -193,12 +193,18 @@ def _generation_config(model, tokenizer, max_new_tokens, temperature, top_p, min
             f"max_new_tokens must be a positive whole number, got {max_new_tokens!r}: try 128 "
             "(short answers need ~16, paragraphs 256-512)"
         )
-    if not isinstance(temperature, (int, float)) or temperature < 0:
+    for name, value in (("temperature", temperature), ("top_p", top_p), ("min_p", min_p), ("top_k", top_k),
+                        ("repetition_penalty", repetition_penalty)):
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise FtlibError(f"{name} must be a number, got {value!r}")
+    if temperature < 0:
         raise FtlibError(f"temperature must be 0 or more, got {temperature!r}: 0 = greedy, 0.7-1.0 for variety")
     if not 0 < top_p <= 1:
         raise FtlibError(f"top_p must be in (0, 1], got {top_p!r}: 1.0 = off, 0.9 typical")
     if not 0 <= min_p < 1:
         raise FtlibError(f"min_p must be in [0, 1), got {min_p!r}: 0 = off, 0.05-0.1 typical")
+    if top_k < 0 or int(top_k) != top_k:
+        raise FtlibError(f"top_k must be a whole number of 0 or more, got {top_k!r}: 0 = off, 40-50 typical")
     if repetition_penalty <= 0:
         raise FtlibError(f"repetition_penalty must be positive, got {repetition_penalty!r}: 1.0 = off")
 
@@ -275,15 +281,29 @@ class _QueueStreamer:
         self.queue.put(None)
 
 
+class _StopWhenAsked:
+    """A stopping criterion that ends generation once the reader has gone (loop left, Ctrl-C)."""
+
+    def __init__(self, event):
+        self.event = event
+
+    def __call__(self, input_ids, scores, **kwargs):
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
 def _stream_pieces(model, tokenizer, inputs, config, stop_ids):
     """Yield text pieces as they are generated. Joined, they equal the non-streaming reply exactly."""
+    from transformers import StoppingCriteriaList
+
     streamer = _QueueStreamer()
+    reader_gone = threading.Event()
     failure = []
 
     def work():
         try:
             with torch.inference_mode():
-                model.generate(**inputs, generation_config=config, streamer=streamer)
+                model.generate(**inputs, generation_config=config, streamer=streamer,
+                               stopping_criteria=StoppingCriteriaList([_StopWhenAsked(reader_gone)]))
         except BaseException as error:  # re-raised in the caller's thread below
             failure.append(error)
             streamer.end()
@@ -291,23 +311,23 @@ def _stream_pieces(model, tokenizer, inputs, config, stop_ids):
     thread = threading.Thread(target=work, daemon=True)
     thread.start()
     token_ids, shown = [], ""
-    finished = False
-    while True:
-        step = streamer.queue.get()
-        if step is None:
-            break
-        if finished:
-            continue  # drain the queue so the worker can finish
-        token_ids.extend(step)
-        if any(token in stop_ids for token in step):
-            finished = True
-        text = _decode_reply(tokenizer, token_ids, stop_ids)
-        # Hold back while the text ends inside a multi-byte character (shown as U+FFFD) or when the
-        # decoded text changed earlier than what was shown (possible with merges); shown text is final.
-        if text.startswith(shown) and not text.endswith("\ufffd") and len(text) > len(shown):
-            yield text[len(shown):]
-            shown = text
-    thread.join()
+    try:
+        while True:
+            step = streamer.queue.get()
+            if step is None:
+                break
+            token_ids.extend(step)
+            text = _decode_reply(tokenizer, token_ids, stop_ids)
+            # Hold back while the text ends inside a multi-byte character (shown as U+FFFD) or when
+            # the decoded text changed earlier than what was shown (possible with merges).
+            if text.startswith(shown) and not text.endswith("\ufffd") and len(text) > len(shown):
+                yield text[len(shown):]
+                shown = text
+            if any(token in stop_ids for token in step):
+                reader_gone.set()  # the reply is complete; don't wait for other stopping rules
+    finally:
+        reader_gone.set()  # also when the caller stopped reading early or pressed Ctrl-C
+        thread.join()
     if failure:
         raise failure[0]
     text = _decode_reply(tokenizer, token_ids, stop_ids)

@@ -60,12 +60,15 @@ METHODS = {"qlora": "qlora", "4bit": "qlora", "lora": "lora", "16bit": "lora", "
            "8bit": "lora_8bit", "full": "full"}
 WEIGHT_BYTES = {"qlora": 0.516, "lora_8bit": 1.03, "lora": 2.0, "full": 2.0}  # per weight of the big layers
 
-# Fitted constants (see the module docstring). Working set of one decoder layer while it is recomputed,
-# in bytes per token: HIDDEN_TERMS x hidden + INTERMEDIATE_TERMS x intermediate numbers of 2 bytes.
-HIDDEN_TERMS = 12
-INTERMEDIATE_TERMS = 6
+# Fitted constants (see the module docstring; fitted on Llama-3.1-8B and 3.2-1B shapes, QLoRA, 2 x 2048).
+# Working set of one decoder layer while it is recomputed, per token: HIDDEN_TERMS x hidden +
+# INTERMEDIATE_TERMS x intermediate numbers of 2 bytes (gate, up, activation and product dominate).
+HIDDEN_TERMS = 4
+INTERMEDIATE_TERMS = 3.4
+LOSS_HIDDEN_BYTES = 20  # bytes per token and hidden unit around the loss (fp32 copies, gradient)
+OFFLOAD_IN_FLIGHT = 4  # layer inputs still on the GPU with offloaded checkpointing (TRL stashes up to 5)
 CUDA_CONTEXT = 0.5 * GB  # the driver's own share, which PyTorch does not count
-ALLOCATOR_SLACK = 0.08  # reserved but unused blocks, as a fraction of the rest
+ALLOCATOR_SLACK = 0.05  # reserved but unused blocks, as a fraction of the rest
 
 
 @dataclass
@@ -131,6 +134,7 @@ def estimate_memory(
     gradient_checkpointing=True,  # True: keep layer inputs only; "offload": keep them in CPU memory; False: keep all
     optimizer="adamw_8bit",  # "adamw_8bit" (2 bytes a trainable number) or "adamw" (8 bytes)
     dtype_bytes=2,  # 2 for bf16/fp16 compute; 4 for float32 (CPU)
+    float32_upcasting=False,  # True models the plain recipe's prepare_model_for_kbit_training (fp32 norms/embeddings)
 ):
     """Estimate the peak GPU memory of a fine-tune before loading anything; returns a MemoryEstimate.
 
@@ -165,7 +169,8 @@ def estimate_memory(
     small_weights = embedding_weights + norm_weights  # never quantised
     total_weights = layer_weights + small_weights
 
-    weights = layer_weights * WEIGHT_BYTES[method] + small_weights * dtype_bytes
+    small_bytes = 4 if float32_upcasting and method != "full" else dtype_bytes
+    weights = layer_weights * WEIGHT_BYTES[method] + small_weights * small_bytes
     if method == "full":
         trainable = total_weights
         adapters = 0.0
@@ -181,18 +186,25 @@ def estimate_memory(
         optimizer_bytes = trainable * (2 if optimizer == "adamw_8bit" else 8)
 
     tokens = batch_size * max_seq_length
-    layer_input = tokens * hidden * dtype_bytes
-    working_set = tokens * (HIDDEN_TERMS * hidden + INTERMEDIATE_TERMS * inter) * dtype_bytes
+    residual_bytes = 4 if float32_upcasting else dtype_bytes  # upcast embeddings make the residual stream fp32
+    layer_input = tokens * hidden * residual_bytes
+    # One layer's working set while it is recomputed and differentiated (MLP outputs dominate), plus the
+    # dequantised copy of the largest 4/8-bit weight.
+    layer_working_set = tokens * (HIDDEN_TERMS * hidden + INTERMEDIATE_TERMS * inter) * dtype_bytes
+    if float32_upcasting:
+        layer_working_set *= 2  # float32 norm outputs and residuals
     if method in ("qlora", "lora_8bit"):
-        working_set += max(i * o for i, o in sizes.values()) * dtype_bytes * 2  # dequantised weight copies
+        layer_working_set += max(i * o for i, o in sizes.values()) * dtype_bytes
+    # The loss: TRL's fused head works through (up to 4,096 tokens) x (up to 32,768 words) tiles, never the
+    # whole (tokens x vocabulary) logits; plus float32 copies of the final hidden states and their gradient.
+    loss_working_set = min(tokens, 4096) * min(vocab, 32768) * dtype_bytes + tokens * hidden * LOSS_HIDDEN_BYTES
     if gradient_checkpointing == "offload":
-        activations = 2 * layer_input + working_set  # a couple of layer inputs in flight to or from the CPU
+        kept_inputs = OFFLOAD_IN_FLIGHT * layer_input  # a few layer inputs on their way to or from the CPU
     elif gradient_checkpointing:
-        activations = layers * layer_input + working_set
+        kept_inputs = layers * layer_input
     else:
-        activations = layers * working_set
-    # The loss: TRL's fused head works through the vocabulary in chunks, never the whole (tokens x vocab) logits.
-    activations += min(tokens, 4096) * min(vocab, 32768) * 4 + tokens * hidden * 4
+        kept_inputs = (layers - 1) * layer_working_set
+    activations = kept_inputs + max(layer_working_set, loss_working_set)
 
     subtotal = weights + adapters + gradients + optimizer_bytes + activations
     overhead = CUDA_CONTEXT + ALLOCATOR_SLACK * subtotal
@@ -201,7 +213,8 @@ def estimate_memory(
         activations=activations, overhead=overhead,
         details={"model": shape.get("name", "model"), "method": method, "max_seq_length": max_seq_length,
                  "batch_size": batch_size, "parameters": total_weights, "trainable_parameters": trainable,
-                 "gradient_checkpointing": gradient_checkpointing, "optimizer": optimizer},
+                 "gradient_checkpointing": gradient_checkpointing, "optimizer": optimizer,
+                 "float32_upcasting": float32_upcasting},
     )
 
 

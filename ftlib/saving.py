@@ -207,7 +207,16 @@ def _pick_dtype(model, dtype):
             raise FtlibError(f"dtype must be 'float16', 'bfloat16' or 'float32', got {dtype!r}: "
                              "bfloat16 for modern GPUs, float16 for a T4 or Ollama")
         return dtype
-    # The embedding matrix is never quantised, so its dtype is the precision the model computes in.
+    # A 4-bit or 8-bit model computes in its quantization config's compute dtype; other models in the
+    # dtype of their (never quantised) embedding matrix.
+    quantization = getattr(model.config, "quantization_config", None)
+    compute = getattr(quantization, "bnb_4bit_compute_dtype", None) if quantization is not None else None
+    if isinstance(quantization, dict):
+        compute = quantization.get("bnb_4bit_compute_dtype")
+    if isinstance(compute, str):
+        compute = getattr(torch, compute, None)
+    if compute in (torch.float16, torch.bfloat16):
+        return compute
     return model.get_input_embeddings().weight.dtype
 
 
@@ -671,19 +680,21 @@ def push_to_hub(folder, repo_id, token=None, private=True, commit_message="Uploa
 
 
 _SECRET_KEYS = re.compile(r"token|secret|password|key", re.IGNORECASE)
+_RESULT_KEYS = ("final_loss", "final_eval_loss", "best_step", "steps", "steps_done", "seconds", "stopped_reason")
+_DATA_KEYS = ("data_shape", "train_examples", "eval_examples", "test_examples", "max_seq_length")
 
 
 def _table(values):
     rows = [f"| {name} | {value} |" for name, value in values.items()
-            if not _SECRET_KEYS.search(str(name)) and value is not None]
+            if not _SECRET_KEYS.search(str(name)) and value not in (None, "")]
     return ["| setting | value |", "| --- | --- |", *rows] if rows else []
 
 
 def model_card(model, method, base, dtype=None):
     """A short README.md: base model, adapter settings, data shape, hyperparameters, final losses.
 
-    Reads `model.ftlib_training` when `train` set it: keys `data` (dict), `hyperparameters` (dict),
-    `final_loss`, `final_eval_loss`, `steps`, `seconds`, `stopped_reason`.
+    Reads `model.ftlib_training`, the dict `train` leaves on the model: losses and step counts go under
+    Results, data size and shape under Data, every other setting under Hyperparameters.
 
     Example:
         >>> print(model_card(model, "lora", "ftlib-tiny"))  # doctest: +SKIP
@@ -701,7 +712,8 @@ def model_card(model, method, base, dtype=None):
                   "```", ""]
     else:
         precision = str(dtype).replace("torch.", "") if dtype is not None else "the base's"
-        lines += [f"LoRA merged into the base weights in float32, stored as {precision}; loads without peft:", "",
+        lines += [f"Adapters merged into the (de-quantised) base weights in float32, stored as {precision}; "
+                  "loads without peft:", "",
                   "```python", "from ftlib import load_model", "model, tokenizer = load_model('path/to/this/folder')",
                   "```", ""]
     if _is_peft(model):
@@ -711,18 +723,20 @@ def model_card(model, method, base, dtype=None):
         modules = getattr(config, "target_modules", None)
         adapter["target_modules"] = ", ".join(sorted(modules)) if isinstance(modules, (set, list)) else modules
         lines += ["## Adapter", "", *_table(adapter), ""]
-    if training.get("data"):
-        data = training["data"] if isinstance(training["data"], dict) else {"data": training["data"]}
-        lines += ["## Data", "", *_table(data), ""]
-    if training.get("hyperparameters"):
-        lines += ["## Hyperparameters", "", *_table(training["hyperparameters"]), ""]
-    results = {name: training.get(name) for name in
-               ("final_loss", "final_eval_loss", "steps", "seconds", "stopped_reason")}
-    for name in ("final_loss", "final_eval_loss", "seconds"):
-        if isinstance(results[name], float):
-            results[name] = f"{results[name]:.4f}" if name != "seconds" else f"{results[name]:.0f}"
-    if any(value is not None for value in results.values()):
-        lines += ["## Results", "", *_table(results), ""]
+    results, data, hyperparameters = {}, {}, {}
+    for name, value in training.items():
+        if isinstance(value, dict):  # nested groups, e.g. {"data": {...}} or {"hyperparameters": {...}}
+            (data if name == "data" else hyperparameters).update(value)
+        elif name in _RESULT_KEYS:
+            results[name] = f"{value:.4f}" if isinstance(value, float) and "loss" in name else value
+        elif name in _DATA_KEYS:
+            data[name] = value
+        elif value is not None and value != "":
+            hyperparameters[name] = value
+    for title, values in (("Data", data), ("Hyperparameters", hyperparameters), ("Results", results)):
+        rows = _table(values)
+        if rows:
+            lines += [f"## {title}", "", *rows, ""]
     return "\n".join(lines)
 
 
@@ -794,16 +808,21 @@ def save(
             source = f"./{gguf_files[0]}" if gguf_files else "."
             (temporary / "Modelfile").write_text(ollama_modelfile(tokenizer, source, system_prompt))
             notes.append(f"Import into Ollama: cd {target} && ollama create my-model -f Modelfile")
+            if method == "ollama":
+                notes.append("(Ollama imports safetensors for Llama, Mistral, Gemma, Phi-3 and Qwen shapes; "
+                             "for others use method='gguf'.)")
         (temporary / "README.md").write_text(model_card(model, method, base, dtype_written))
         _swap_into_place(temporary, target)
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
     result = SaveResult(path=target, method=method, files=_listing(target), notes=notes)
-    if push_to_hub:
-        result.repo_url = push_to_hub_function(target, repo_id, token=token, private=private, api=hub_api)
     if verbose:
         print(result)
+    if push_to_hub:  # after the local save is complete, so a failed upload loses nothing
+        result.repo_url = push_to_hub_function(target, repo_id, token=token, private=private, api=hub_api)
+        if verbose:
+            print(f"Pushed to {result.repo_url}")
     return result
 
 

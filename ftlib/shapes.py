@@ -49,7 +49,13 @@ class ShapeSpec:
         return f"{self.shape!r} (columns {', '.join(dict.fromkeys(self.columns.values()))})"
 
 
+def _as_list(value):
+    """Lists stay lists; numpy arrays (pandas reading Parquet) become lists."""
+    return value.tolist() if hasattr(value, "tolist") and not isinstance(value, (str, bytes)) else value
+
+
 def _is_turn_list(value, key):
+    value = _as_list(value)
     return isinstance(value, (list, tuple)) and bool(value) and isinstance(value[0], dict) and key in value[0]
 
 
@@ -176,7 +182,7 @@ def to_example(row, spec, place, system_prompt=None):
     if spec.shape == "text":
         return {"text": field_text(row, columns["text"], place)}
     if spec.shape == "prompt_completion":
-        prompt, completion = row.get(columns["prompt"]), row.get(columns["completion"])
+        prompt, completion = _as_list(row.get(columns["prompt"])), _as_list(row.get(columns["completion"]))
         if isinstance(prompt, (list, tuple)) and isinstance(completion, (list, tuple)):  # conversational
             turns = list(prompt) + list(completion)
             messages = _conversation(turns, place, columns["prompt"], "role", "content", MESSAGE_ROLES, system_prompt)
@@ -223,6 +229,7 @@ def _content(turn, content_key, where):
 
 
 def _conversation(turns, place, column, role_key, content_key, roles, system_prompt):
+    turns = _as_list(turns)
     if not isinstance(turns, (list, tuple)) or not turns:
         raise FtlibError(
             f"{place}: column {column!r} must be a non-empty list of turns such as "

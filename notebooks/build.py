@@ -362,17 +362,16 @@ def notebook_02():
             `estimate_memory` does that arithmetic for common sizes; a free Colab or Kaggle T4 has 16 GB.
             """),
         code("""
-            from ftlib import estimate_memory
+            from ftlib.notebook import memory_table
 
-            sizes, methods = ["1B", "3B", "8B", "14B", "70B"], ["qlora", "lora", "full"]
-            print(f"{'model':6}" + "".join(f"{method:>14}" for method in methods) + "   (GB, sequence 2048, batch 2)")
-            for size in sizes:
-                cells = [estimate_memory(size, method, max_seq_length=2048, batch_size=2) for method in methods]
-                print(f"{size:6}" + "".join(f"{c.total_gb:>10.1f}{' ok' if c.total_gb <= 16 else '   ':>4}" for c in cells))
+            print(memory_table(methods=("qlora", "lora_8bit", "lora", "full"), max_seq_length=2048, batch_size=2,
+                               gpu_gb=16))
             """, check=True),
         md("""
-            "ok" marks what fits a 16 GB T4. QLoRA is what makes 8B models trainable on a free GPU; a full
-            fine-tune of even a 1B model needs more, because every weight carries gradients and optimizer state.
+            Each row is a representative open model of that size (Llama 3.2 1B and 3B, Llama 3.1 8B and 70B,
+            Qwen2.5 14B). QLoRA is what makes 8B and even 14B models trainable on a free T4, where 16-bit LoRA stops
+            at about 3B and a full fine-tune at about 1B: a full fine-tune keeps gradients and optimizer state for
+            every weight. A 70B model needs a large GPU whatever the method.
 
             Try other combinations with the controls below (they need a live notebook; in a saved copy you see only
             the starting values):
@@ -487,18 +486,22 @@ def notebook_03():
             ## 6. Response-only masking, made visible
 
             The `labels` column says which tokens the loss uses: a label of -100 means "not trained on". For
-            question/answer data only the answer and the end-of-turn token are trained (green below); the question
+            question/answer data only the answer and the end-of-turn token are trained; the question
             is context the model reads but is not asked to reproduce. Without masking, most of the loss would be
             spent on copying questions.
             """),
         code("""
-            from ftlib.notebook import MaskedExample
+            from ftlib.data import show_example
 
-            MaskedExample(dataset[0], tokenizer)
+            show_example(dataset, tokenizer)
             """, check=True),
-        md("The same for the conversation: both assistant turns are trained, neither user turn."),
+        md("""
+            Inside ⟦ ⟧ is what the model only reads; outside is what it learns to write: the answer and the
+            end-of-turn token that teaches it to stop. The same for the conversation: both assistant turns are
+            trained, neither user turn.
+            """),
         code("""
-            MaskedExample(chats[0], tokenizer)
+            show_example(chats, tokenizer)
             """, check=True),
         md("""
             ## 7. How long are the examples?
@@ -507,12 +510,12 @@ def notebook_03():
             the lengths before choosing it. Here for the 1,024 training headlines of the demo task:
             """),
         code("""
+            from ftlib.data import length_report
             from ftlib.demo import load_headlines
 
-            headlines = format_dataset(load_headlines("train"), tokenizer)
+            headlines = format_dataset(load_headlines("train"), tokenizer, verbose=False)
+            print(length_report(headlines))
             lengths = [len(ids) for ids in headlines["input_ids"]]
-            print(f"{len(lengths)} examples; tokens: shortest {min(lengths)}, longest {max(lengths)}, "
-                  f"mean {sum(lengths) / len(lengths):.1f}")
             """, check=True),
         code("""
             import matplotlib.pyplot as plt
@@ -611,11 +614,8 @@ def notebook_04():
             model never learns to answer with a label. Under-fitting looks like a loss that hardly falls.
             """),
         code("""
-            def fresh_lora_model(**lora):
-                model, _ = load_model(choice.name, load_in_4bit=choice.load_in_4bit, max_seq_length=256)
-                return add_lora(model, use_gradient_checkpointing=not choice.tiny, **lora)
-
-            slow = fresh_lora_model(r=16)
+            slow, _ = load_model(choice.name, load_in_4bit=choice.load_in_4bit, max_seq_length=256)
+            slow = add_lora(slow, r=16, use_gradient_checkpointing=not choice.tiny)
             low_lr = dict(choice.recipe, learning_rate=choice.recipe["learning_rate"] / 100)
             history_slow = train(slow, tokenizer, data, output_dir="ftlib_outputs/04",
                                  callbacks=[LiveLossPlot("Learning rate / 100")], **low_lr)
@@ -646,7 +646,8 @@ def notebook_04():
         code("""
             small = format_dataset(train_rows[:16], tokenizer)
             held_out = format_dataset(test_rows, tokenizer)
-            overfit = fresh_lora_model(r=64, lora_alpha=64)
+            overfit, _ = load_model(choice.name, load_in_4bit=choice.load_in_4bit, max_seq_length=256)
+            overfit = add_lora(overfit, r=64, lora_alpha=64, use_gradient_checkpointing=not choice.tiny)
             history_overfit = train(overfit, tokenizer, small, eval_dataset=held_out, num_train_epochs=60,
                                     learning_rate=choice.recipe["learning_rate"] * 3, eval_steps=10,
                                     output_dir="ftlib_outputs/04", callbacks=[LiveLossPlot("16 examples, 60 epochs")])
@@ -670,7 +671,8 @@ def notebook_04():
             weights, so a long run costs nothing.
             """),
         code("""
-            remedy = fresh_lora_model(r=64, lora_alpha=64, lora_dropout=0.1)
+            remedy, _ = load_model(choice.name, load_in_4bit=choice.load_in_4bit, max_seq_length=256)
+            remedy = add_lora(remedy, r=64, lora_alpha=64, lora_dropout=0.1, use_gradient_checkpointing=not choice.tiny)
             history_remedy = train(remedy, tokenizer, data, learning_rate=choice.recipe["learning_rate"],
                                    max_steps=choice.recipe["max_steps"], early_stopping_patience=2,
                                    output_dir="ftlib_outputs/04_remedy", callbacks=[LiveLossPlot("All the data, early stopping")])
@@ -741,13 +743,15 @@ def notebook_05():
             batch 2) on common GPUs:
             """),
         code("""
-            from ftlib import estimate_memory
+            from ftlib.notebook import COMMON_SIZES
+            from ftlib.notebook.memory_explorer import estimate_for_size
 
             gpus = {"T4 (free Colab/Kaggle)": 16, "L4 / A10": 24, "A100 40 GB": 40, "A100/H100 80 GB": 80}
-            for size in ["1B", "3B", "8B", "14B", "70B"]:
-                need = estimate_memory(size, "qlora", max_seq_length=2048, batch_size=2).total_gb
-                fits = [gpu for gpu, gb in gpus.items() if need <= gb]
-                print(f"{size:>4} QLoRA needs ~{need:5.1f} GB: smallest GPU that fits: {fits[0] if fits else 'none listed'}")
+            for size in COMMON_SIZES:
+                for method in ("qlora", "lora"):
+                    need = estimate_for_size(size, method, max_seq_length=2048, batch_size=2)
+                    fits = [gpu for gpu, gigabytes in gpus.items() if need.fits(gigabytes)]
+                    print(f"{size:>4} {method:6} ~{need.total_gb:5.1f} GB: smallest GPU: {fits[0] if fits else 'several GPUs'}")
             """, check=True),
         md("""
             When it does not fit: load in 4 bits, lower the batch size to 1 and raise gradient accumulation to keep
@@ -814,9 +818,9 @@ def notebook_06():
             reserved on it; on a CPU, the memory of this Python process.
             """),
         code("""
-            from ftlib.memory import measure_memory
+            from ftlib.memory import measured_usage
 
-            memory_before = measure_memory()
+            memory_before = measured_usage()
             print(memory_before)
             """),
         md("""
@@ -893,7 +897,7 @@ def notebook_06():
             what your GPU must hold.
             """),
         code("""
-            memory_after = measure_memory()
+            memory_after = measured_usage()
             print("before:", memory_before)
             print("after: ", memory_after)
             print(f"training time: {history.seconds + history_more.seconds:.0f} s for "
@@ -1037,8 +1041,8 @@ def notebook_07():
 
             token = os.environ.get("HF_TOKEN")
             if token:
-                save(model, tokenizer, "ftlib_outputs/07/hub", push_to_hub="your-name/headline-adapter", token=token,
-                     overwrite=True)
+                save(model, tokenizer, "ftlib_outputs/07/hub", overwrite=True, push_to_hub=True,
+                     repo_id="your-name/headline-adapter", token=token)  # a new repository starts private
                 print("pushed to https://huggingface.co/your-name/headline-adapter")
             else:
                 print("No HF_TOKEN set: skipped the push (set it to push your adapter).")
@@ -1149,9 +1153,11 @@ def execute(path, timeout=900):
     from nbclient import NotebookClient
 
     notebook = nbformat.read(path, as_version=4)
-    NotebookClient(notebook, timeout=timeout, kernel_name="python3",
-                   resources={"metadata": {"path": str(HERE)}}).execute()
-    nbformat.write(notebook, path)
+    try:
+        NotebookClient(notebook, timeout=timeout, kernel_name="python3",
+                       resources={"metadata": {"path": str(HERE)}}).execute()
+    finally:
+        nbformat.write(notebook, path)  # a failed run keeps its outputs up to the error, to read it
 
 
 def main(arguments):

@@ -8,6 +8,11 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest
+import torch
+
+# The tiny model's matrices are too small to share between threads: one thread is as fast on a quiet
+# machine and many times faster on a busy one.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -202,6 +202,16 @@ def test_sharegpt_gives_the_same_as_openai_messages(tokenizer):
     assert dataset.to_list() == quiet([{"messages": CONVERSATION}], tokenizer).to_list()
 
 
+def test_conversations_from_a_dataframe_read_from_parquet(tokenizer, tmp_path):
+    import pandas
+
+    pandas.DataFrame([{"messages": CONVERSATION}]).to_parquet(tmp_path / "chat.parquet")
+    frame = pandas.read_parquet(tmp_path / "chat.parquet")  # turns come back as numpy arrays
+    expected = quiet([{"messages": CONVERSATION}], tokenizer).to_list()
+    assert quiet(frame, tokenizer).to_list() == expected
+    assert quiet(tmp_path / "chat.parquet", tokenizer).to_list() == expected
+
+
 def test_conversations_with_a_built_in_template(tokenizer):
     with pytest.warns(UserWarning):
         example = quiet([{"messages": CONVERSATION}], tokenizer, template="chatml")[0]
@@ -587,3 +597,19 @@ def test_a_template_that_trims_replies_still_trains_the_reply_and_marker(tokeniz
     example = quiet([{"question": "Impact?", "answer": "positive  "}], trimming)[0]
     assert trained_runs(example, trimming) == ["positive" + tokenizer.eos_token]
     assert example["text"] == example["prompt"] + "positive" + tokenizer.eos_token
+
+
+def test_raw_text_chunks_without_offsets_decode_the_tokens(tokenizer, monkeypatch):
+    """Slow (Python) tokenizers give no character offsets; each piece's text is then decoded."""
+    document = "Investors cheered the strong sales of Torica Retail. " * 6
+    expected = quiet([document], tokenizer, max_seq_length=16)
+    monkeypatch.setattr(type(tokenizer), "is_fast", property(lambda self: False))
+    decoded = quiet([document], tokenizer, max_seq_length=16)
+    assert decoded["input_ids"] == expected["input_ids"]
+    assert "".join(decoded["text"]) == document + tokenizer.eos_token
+
+
+def test_conversational_prompt_completion_is_a_conversation(tokenizer):
+    rows = [{"prompt": CONVERSATION[:4], "completion": CONVERSATION[4:]}]
+    example = quiet(rows, tokenizer)[0]
+    assert example == quiet([{"messages": CONVERSATION}], tokenizer)[0]

@@ -152,6 +152,9 @@ def test_raw_rows_formatted_data_and_dataset_dicts_give_the_same_result(tiny_mod
     assert len(from_split.examples) == len(split["test"])
     assert len(evaluate(model, tokenizer, rows, max_examples=2, measure_accuracy=False).examples) == 2
 
+    raw_text = evaluate(model, tokenizer, [{"text": "Shares of Acme rose after strong sales."}] * 2)
+    assert raw_text.accuracy is None and raw_text.loss > 0  # no answers to check: the loss is the measure
+
 
 def test_bad_evaluation_input_names_the_fix(tiny_model):
     model, tokenizer = tiny_model
@@ -240,6 +243,14 @@ def test_diagnose_hand_written_histories():
     to_zero = diagnose(_history([2.0 * 0.8 ** step for step in range(40)]))
     assert to_zero.verdict == "over-fitted"
     assert 2.0 * 0.8 ** (to_zero.step - 1) < 0.05  # began where the loss went under the threshold
+
+    learned = diagnose(_history([2.0 * 0.8 ** step for step in range(40)], [10, 20, 30, 40], [0.3, 0.1, 0.01, 0.005]))
+    assert learned.verdict == "healthy"  # near 0, but the held-out loss followed: learned, not memorised
+    assert "went down with it" in learned.explanation
+
+    still_falling = diagnose(_history([6.0 - 0.07 * step for step in range(60)]))
+    assert still_falling.verdict == "under-fitted" and still_falling.step == 60
+    assert "still learning at step 60" in str(still_falling) and "still falling" in still_falling.explanation
 
     stalled = diagnose(_history([3.0 - 0.001 * step for step in range(30)], learning_rate=1e-6))
     assert stalled.verdict == "under-fitted"

@@ -60,8 +60,9 @@ def test_generation_stops_at_a_stop_token(tiny_model):
     # right before it. Search a few prompts for a run whose tokens vary (an untrained model repeats).
     for prompt in (PROMPT, "Acme shares", "The", "Globex"):
         free_run = raw_greedy_ids(model, tokenizer, prompt, 10)
-        firsts = [i for i in range(len(free_run)) if free_run[i] not in free_run[:i]]
-        if firsts[-1] > 0:
+        end = free_run.index(tokenizer.eos_token_id) if tokenizer.eos_token_id in free_run else len(free_run)
+        firsts = [i for i in range(end) if free_run[i] not in free_run[:i]]
+        if firsts and firsts[-1] > 0:
             break
     position = firsts[-1]
     model.generation_config.eos_token_id = [tokenizer.eos_token_id, free_run[position]]
@@ -92,6 +93,17 @@ def test_streaming_yields_the_same_text_as_generate(tiny_model):
     assert "".join(pieces) == expected
     if len(tokenizer(expected)["input_ids"]) > 2:
         assert len(pieces) > 1  # really piece by piece, not one block at the end
+
+
+def test_leaving_a_stream_early_stops_generating(tiny_model):
+    model, tokenizer = tiny_model
+    steps = []
+    hook = model.register_forward_hook(lambda module, args, output: steps.append(1))
+    pieces = stream(model, tokenizer, "Acme shares", max_new_tokens=200, use_chat_template=False)
+    next(pieces)
+    pieces.close()  # as when a loop breaks or Ctrl-C interrupts a notebook cell
+    hook.remove()
+    assert len(steps) < 50
 
 
 def test_sampling_repeats_with_a_seed_and_varies_without(tiny_model):

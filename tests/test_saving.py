@@ -62,9 +62,11 @@ def tuned():
 
 def test_lora_round_trip(tuned, tmp_path):
     model, tokenizer, expected = tuned
-    model.ftlib_training = {"final_loss": 0.61, "final_eval_loss": 0.72, "steps": 60,
-                            "hyperparameters": {"learning_rate": 2e-4, "hub_token": "hf_nope"},
-                            "data": {"rows": 800, "format": "question/answer"}}
+    model.ftlib_training = {  # the shape train() leaves on the model
+        "learning_rate": 2e-4, "per_device_train_batch_size": 2, "gradient_accumulation_steps": 4,
+        "max_steps": 60, "num_train_epochs": None, "steps_done": 60, "train_examples": 800,
+        "final_loss": 0.61, "final_eval_loss": 0.72, "data_shape": "question/answer", "hub_token": "hf_nope",
+    }
     result = save(model, tokenizer, tmp_path / "adapter", verbose=False)
     folder = tmp_path / "adapter"
     names = {name for name, _ in result.files}
@@ -72,7 +74,9 @@ def test_lora_round_trip(tuned, tmp_path):
     assert result.total_bytes == sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
     assert json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"] == "ftlib-tiny"
     card = (folder / "README.md").read_text()
-    for text in ("base_model: ftlib-tiny", "| r | 8 |", "0.6100", "0.7200", "question/answer", "0.0002"):
+    for text in ("base_model: ftlib-tiny", "| r | 8 |", "| final_loss | 0.6100 |", "| final_eval_loss | 0.7200 |",
+                 "| data_shape | question/answer |", "| train_examples | 800 |", "| learning_rate | 0.0002 |",
+                 "| gradient_accumulation_steps | 4 |"):
         assert text in card
     assert "hf_nope" not in card  # anything named like a secret stays out of the card
     del model.ftlib_training

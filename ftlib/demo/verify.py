@@ -85,8 +85,10 @@ def collate(tokenizer, examples):
 
 
 def fine_tune(model, tokenizer, rows, r=16, lora_alpha=16, learning_rate=1e-3, steps=250, batch_size=8,
-              warmup=10, seed=3407):
+              accumulation=1, warmup=10, seed=3407):
     """LoRA on all seven projections, AdamW, linear decay after warm-up; returns (model, losses).
+
+    Each step sees batch_size × accumulation examples, in `accumulation` forward passes.
 
     Example:
         >>> model, losses = fine_tune(model, tokenizer, load_headlines("train"))  # doctest: +SKIP
@@ -103,13 +105,16 @@ def fine_tune(model, tokenizer, rows, r=16, lora_alpha=16, learning_rate=1e-3, s
     losses = []
     model.train()
     for _ in range(steps):
-        batch = collate(tokenizer, order.sample(examples, batch_size))
-        loss = model(**{name: tensor.to(model.device) for name, tensor in batch.items()}).loss
-        loss.backward()
+        step_loss = 0.0
+        for _ in range(accumulation):
+            batch = collate(tokenizer, order.sample(examples, batch_size))
+            loss = model(**{name: tensor.to(model.device) for name, tensor in batch.items()}).loss / accumulation
+            loss.backward()
+            step_loss += loss.item()
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
+        losses.append(step_loss)
     model.eval()
     return model, losses
 
@@ -122,6 +127,7 @@ def main():
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--steps", type=int, default=250)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--accumulation", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=3407)
@@ -135,12 +141,13 @@ def main():
     started = time.time()
     model, losses = fine_tune(model, tokenizer, load_headlines("train"), r=arguments.r, lora_alpha=arguments.alpha,
                               learning_rate=arguments.learning_rate, steps=arguments.steps,
-                              batch_size=arguments.batch_size, seed=arguments.seed)
+                              batch_size=arguments.batch_size, accumulation=arguments.accumulation,
+                              seed=arguments.seed)
     seconds = time.time() - started
     after = accuracy(model, tokenizer, test_rows)
     final_loss = sum(losses[-10:]) / len(losses[-10:])
     print(f"verify: r={arguments.r} alpha={arguments.alpha} lr={arguments.learning_rate:g} steps={arguments.steps} "
-          f"batch={arguments.batch_size} seed={arguments.seed} accuracy_before={before:.2f} accuracy_after={after:.2f} "
+          f"batch={arguments.batch_size} accumulation={arguments.accumulation} seed={arguments.seed} accuracy_before={before:.2f} accuracy_after={after:.2f} "
           f"first_loss={losses[0]:.2f} final_loss={final_loss:.3f} seconds={seconds:.0f}")
 
 
