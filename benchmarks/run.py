@@ -256,7 +256,7 @@ def _train(spec, model, tokenizer, rows, meter):
               callbacks=[meter.callback()], logging_steps=1)
         return "ftlib.train"
     if spec["system"] == "unsloth":
-        from trl import SFTConfig, SFTTrainer  # unsloth patched these on import
+        from trl import SFTTrainer  # unsloth patched it on import
 
         trainer = SFTTrainer(model=model, processing_class=tokenizer, train_dataset=dataset,
                              args=_sft_config(spec), callbacks=[meter.callback()])

@@ -25,6 +25,7 @@ Set the environment variable FTLIB_PLAIN=1 to switch all of it off (to compare, 
 import importlib.util
 import os
 import sys
+import warnings
 
 import torch
 
@@ -115,7 +116,11 @@ def after_load(model, settings):
     applied = []
     # The same kernels suit LoRA, QLoRA and full fine-tuning, so `settings` does not change the choice.
     if not plain_requested() and model_device_type(model) == "cuda" and liger_available():
-        applied = apply_liger_kernels(model)
+        try:
+            applied = apply_liger_kernels(model)
+        except Exception as error:  # a liger-kernel release that does not fit this transformers: train plainly
+            warnings.warn(f"Liger kernels not applied ({type(error).__name__}: {error}); training without them",
+                          stacklevel=2)
     model.ftlib_acceleration = applied
     return model
 

@@ -806,7 +806,16 @@ def save(
             if method == "gguf":
                 gguf_files = _write_gguf(temporary, quantizations, converter, quantizer)
             source = f"./{gguf_files[0]}" if gguf_files else "."
-            (temporary / "Modelfile").write_text(ollama_modelfile(tokenizer, source, system_prompt))
+            try:
+                modelfile = ollama_modelfile(tokenizer, source, system_prompt)
+            except FtlibError:
+                if method == "ollama":
+                    raise
+                # A GGUF file carries the chat template itself, and Ollama reads it from there.
+                modelfile = f"FROM {source}\n"
+                notes.append("The chat template could not be written as an Ollama TEMPLATE; Ollama will use "
+                             "the one stored in the GGUF file.")
+            (temporary / "Modelfile").write_text(modelfile)
             notes.append(f"Import into Ollama: cd {target} && ollama create my-model -f Modelfile")
             if method == "ollama":
                 notes.append("(Ollama imports safetensors for Llama, Mistral, Gemma, Phi-3 and Qwen shapes; "

@@ -321,8 +321,9 @@ def notebook_02():
         md("""
             Read the columns:
 
-            - *trainable*: the adapters are a few percent of the model; a full fine-tune trains all of it (which
-              also needs optimizer state for every weight: about 12 more bytes a parameter with AdamW).
+            - *trainable*: the adapters are a small share of the model (about 0.5% of an 8B model; more of the tiny
+              model, whose matrices are small); a full fine-tune trains all of it, and needs gradients and optimizer
+              state for every weight too.
             - *weights MB*: 4-bit weights take about a quarter of 16-bit ones, 8-bit about half (on the tiny
               model the embeddings, which stay in 16 bits, are a large share, so the saving looks smaller than on
               a real model).
@@ -384,7 +385,7 @@ def notebook_02():
         *footer("02", [
             "LoRA trains small adapters on a frozen model; QLoRA stores that frozen model in 4 bits; 8-bit halves it; "
             "a full fine-tune trains everything.",
-            "Adapters are a few percent of the parameters, and QLoRA trains exactly the same adapters as LoRA.",
+            "Adapters are a small share of the parameters, and QLoRA trains exactly the same adapters as LoRA.",
             "`max_seq_length` bounds example length and activation memory; `dtype=None` picks bf16, fp16 or fp32 for you.",
             "Estimate memory before loading: weights, adapters and optimizer state, and activations.",
         ], [
@@ -640,17 +641,17 @@ def notebook_04():
             ## 4. Over-fitting: many epochs on a small set
 
             Over-fitting is the opposite: the model memorises its training examples instead of the pattern. Give it
-            only 16 examples, a generous rank and many epochs, and watch the two curves part: the training loss
+            only 8 examples, a generous rank and 40 epochs, and watch the two curves part: the training loss
             heads for 0 while the held-out loss turns and rises.
             """),
         code("""
-            small = format_dataset(train_rows[:16], tokenizer)
-            held_out = format_dataset(test_rows, tokenizer)
+            small = format_dataset(train_rows[:8], tokenizer, verbose=False)
+            held_out = format_dataset(test_rows, tokenizer, verbose=False)
             overfit, _ = load_model(choice.name, load_in_4bit=choice.load_in_4bit, max_seq_length=256)
             overfit = add_lora(overfit, r=64, lora_alpha=64, use_gradient_checkpointing=not choice.tiny)
-            history_overfit = train(overfit, tokenizer, small, eval_dataset=held_out, num_train_epochs=60,
-                                    learning_rate=choice.recipe["learning_rate"] * 3, eval_steps=10,
-                                    output_dir="ftlib_outputs/04", callbacks=[LiveLossPlot("16 examples, 60 epochs")])
+            history_overfit = train(overfit, tokenizer, small, eval_dataset=held_out, num_train_epochs=40,
+                                    learning_rate=choice.recipe["learning_rate"], eval_steps=4,
+                                    output_dir="ftlib_outputs/04", callbacks=[LiveLossPlot("8 examples, 40 epochs")])
             print(diagnose(history_overfit))
             """),
         md("Read the numbers behind the curves: the lowest held-out loss came early, and training went on past it."),
@@ -666,7 +667,7 @@ def notebook_04():
         md("""
             The guide's remedies for over-fitting: more (or more varied) data, fewer epochs, a smaller learning
             rate, dropout or weight decay, and stopping at the lowest held-out loss. Here the most effective remedy
-            is the first: the same settings on all the training data. Early stopping
+            is the first: the same rank and learning rate on all the training data, with a little dropout. Early stopping
             (`early_stopping_patience=2`) stops after two evaluations without improvement and keeps the best
             weights, so a long run costs nothing.
             """),
@@ -680,7 +681,7 @@ def notebook_04():
             print(f"held-out accuracy: {evaluate(remedy, tokenizer, test_set, max_new_tokens=4, measure_loss=False).accuracy:.2f}")
             """),
         md("""
-            With 800 examples instead of 16 the held-out loss follows the training loss down instead of parting
+            With 819 examples instead of 8 the held-out loss follows the training loss down instead of parting
             from it.
             """),
         *footer("04", [
@@ -860,7 +861,7 @@ def notebook_06():
             """),
         md("""
             On a real model these 60 steps are a sensible first run. The tiny model learns more slowly (it has
-            read a thousand times less text than a real one), so its loss is still falling: the diagnosis asks for
+            read millions of times less text than a real one), so its loss is still falling: the diagnosis asks for
             more training. Continue training the same adapters with the recipe that suits it:
             """),
         code("""

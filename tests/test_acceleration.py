@@ -179,3 +179,29 @@ def test_benchmark_smoke_ftlib_matches_plain(tmp_path):
     # padding-free spends no slots on padding; the padded batch does
     assert sum(results[("ftlib", True)]["step_slots"]) == sum(plain["step_tokens"])
     assert sum(plain["step_slots"]) > sum(plain["step_tokens"])
+
+
+def test_failing_kernels_fall_back_to_the_plain_model(tiny_model, monkeypatch):
+    """If Liger cannot patch this model (a mismatched release, say), loading still works, plainly."""
+    model, _ = tiny_model
+
+    def broken(model):
+        raise RuntimeError("unsupported transformers version")
+
+    monkeypatch.setattr(acceleration, "model_device_type", lambda model: "cuda")
+    monkeypatch.setattr(acceleration, "liger_available", lambda: True)
+    monkeypatch.setattr(acceleration, "apply_liger_kernels", broken)
+    with pytest.warns(UserWarning, match="Liger kernels not applied"):
+        returned = acceleration.after_load(model, {})
+    assert returned is model and model.ftlib_acceleration == []
+
+
+def test_gpu_settings_when_on_cuda(tiny_model, monkeypatch):
+    """On a GPU: 8-bit AdamW, and activation offloading only in "offload" mode (checked without a GPU)."""
+    model, _ = tiny_model
+    acceleration.enable_gradient_checkpointing(model, "offload")
+    monkeypatch.setattr(acceleration, "model_device_type", lambda model: "cuda")
+    settings = acceleration.trainer_settings(model)
+    assert settings["optim"] == "adamw_8bit" and settings["activation_offloading"] is True
+    acceleration.enable_gradient_checkpointing(model, True)
+    assert "activation_offloading" not in acceleration.trainer_settings(model)

@@ -19,6 +19,8 @@ class LiveLossPlot(TrainerCallback):
         >>> history = train(model, tokenizer, dataset, callbacks=[LiveLossPlot()])
     """
 
+    shows_progress = True  # train() can skip its own printed progress lines when this callback is present
+
     def __init__(self, title="Loss while training", redraw_seconds=1.0, figsize=(6.4, 3.2)):
         self.title = title
         self.redraw_seconds = redraw_seconds  # a PNG costs ~30 ms: redrawing every step would slow tiny runs

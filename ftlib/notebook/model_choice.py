@@ -18,7 +18,7 @@ FOUR_BIT_VARIABLE = "FTLIB_LOAD_IN_4BIT"
 
 # The tiny model is pretrained for 3 minutes only, so it needs a larger learning rate and more steps
 # than a real model to learn a new task; a real model starts from the guide's defaults.
-TINY_RECIPE = {"learning_rate": 1e-3, "max_steps": 250}
+TINY_RECIPE = {"learning_rate": 2e-3, "max_steps": 120}
 REAL_RECIPE = {"learning_rate": 2e-4, "max_steps": 60}
 
 
