@@ -15,7 +15,9 @@ import threading
 
 import torch
 
+from ftlib.checks import check_positive
 from ftlib.errors import FtlibError
+from ftlib.templates import end_of_turn_marker
 
 # Roles the chat templates of common models accept.
 _ROLES = ("system", "user", "assistant", "tool")
@@ -139,16 +141,10 @@ def end_of_turn_markers(tokenizer):
     """
     if not getattr(tokenizer, "chat_template", None):
         return []
-    reply = "ftlib-reply-7f3a"
     try:
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": "ftlib-question-7f3a"}, {"role": "assistant", "content": reply}],
-            tokenize=False,
-        )
+        marker = end_of_turn_marker(tokenizer, None)  # None: the tokenizer's own template
     except Exception:  # a template that cannot render this shape has no marker we can learn
         return []
-    after = text.split(reply, 1)[1] if reply in text else ""
-    marker = after.strip()
     return [marker] if marker else []
 
 
@@ -188,11 +184,7 @@ def _decode_reply(tokenizer, token_ids, stop_ids):
 
 def _generation_config(model, tokenizer, max_new_tokens, temperature, top_p, min_p, top_k,
                        repetition_penalty, stop_ids):
-    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
-        raise FtlibError(
-            f"max_new_tokens must be a positive whole number, got {max_new_tokens!r}: try 128 "
-            "(short answers need ~16, paragraphs 256-512)"
-        )
+    check_positive("max_new_tokens", max_new_tokens, "128 (short answers need ~16, paragraphs 256-512)")
     for name, value in (("temperature", temperature), ("top_p", top_p), ("min_p", min_p), ("top_k", top_k),
                         ("repetition_penalty", repetition_penalty)):
         if not isinstance(value, (int, float)) or isinstance(value, bool):

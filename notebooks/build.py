@@ -173,8 +173,8 @@ def notebook_01():
         code("""
             from ftlib import evaluate, format_dataset
 
-            train_set = format_dataset(train_rows, tokenizer)
-            test_set = format_dataset(test_rows, tokenizer)
+            train_set = format_dataset(train_rows, tokenizer, verbose=False)
+            test_set = format_dataset(test_rows, tokenizer, verbose=False)
             before = evaluate(model, tokenizer, test_set, max_new_tokens=4, measure_loss=False)
             print(f"held-out accuracy before fine-tuning: {before.accuracy:.2f}")
             for example in before.examples[:3]:
@@ -612,13 +612,14 @@ def notebook_04():
             ## 3. Under-fitting: too small a learning rate
 
             With the learning rate a hundred times smaller the adapters barely move: the loss stays high and the
-            model never learns to answer with a label. Under-fitting looks like a loss that hardly falls.
+            model never learns to answer with a label. Under-fitting looks like a loss that hardly falls. (This run
+            skips the held-out set, to save time: the training loss alone shows it.)
             """),
         code("""
             slow, _ = load_model(choice.name, load_in_4bit=choice.load_in_4bit, max_seq_length=256)
             slow = add_lora(slow, r=16, use_gradient_checkpointing=not choice.tiny)
             low_lr = dict(choice.recipe, learning_rate=choice.recipe["learning_rate"] / 100)
-            history_slow = train(slow, tokenizer, data, output_dir="ftlib_outputs/04",
+            history_slow = train(slow, tokenizer, data["train"], output_dir="ftlib_outputs/04",
                                  callbacks=[LiveLossPlot("Learning rate / 100")], **low_lr)
             print(diagnose(history_slow))
             """),
@@ -837,7 +838,7 @@ def notebook_06():
             The held-out 20% is evaluated about ten times during the run.
             """),
         code("""
-            from ftlib import add_lora, format_dataset, train
+            from ftlib import add_lora, format_dataset, load_model, train
             from ftlib.notebook import LiveLossPlot
 
             model = add_lora(model, r=16, lora_alpha=16, use_gradient_checkpointing=not choice.tiny)
@@ -861,14 +862,16 @@ def notebook_06():
             """),
         md("""
             On a real model these 60 steps are a sensible first run. The tiny model learns more slowly (it has
-            read millions of times less text than a real one), so its loss is still falling: the diagnosis asks for
-            more training. Continue training the same adapters with the recipe that suits it:
+            read millions of times less text than a real one), so after 60 steps its loss is still high and
+            falling: the diagnosis says under-fitted and suggests a higher learning rate and more steps. Start
+            again from fresh adapters with the recipe that suits this model (`choice.recipe`):
             """),
         code("""
-            more = dict(choice.recipe)
-            history_more = train(model, tokenizer, data, output_dir="ftlib_outputs/06",
-                                 callbacks=[LiveLossPlot("Continued with the model's recipe")], **more)
-            print(diagnose(history_more))
+            model, tokenizer = load_model(choice.name, max_seq_length=256, load_in_4bit=choice.load_in_4bit)
+            model = add_lora(model, r=16, lora_alpha=16, use_gradient_checkpointing=not choice.tiny)
+            history_recipe = train(model, tokenizer, data, output_dir="ftlib_outputs/06",
+                                   callbacks=[LiveLossPlot(f"The model's recipe: {choice.recipe}")], **choice.recipe)
+            print(diagnose(history_recipe))
             """),
         md("""
             The answers in this task are a single word, which the model becomes sure of, so the loss can fall
@@ -889,7 +892,7 @@ def notebook_06():
             """),
         code("""
             print("held-out accuracy at least 0.8:", result.accuracy >= 0.8)
-            print("held-out loss fell during training:", history_more.eval_loss[-1] < history.eval_loss[0])
+            print("held-out loss fell during training:", history_recipe.eval_loss[-1] < history_recipe.eval_loss[0])
             """, check=True),
         md("""
             ## 5. After training: memory and time
@@ -901,8 +904,8 @@ def notebook_06():
             memory_after = measured_usage()
             print("before:", memory_before)
             print("after: ", memory_after)
-            print(f"training time: {history.seconds + history_more.seconds:.0f} s for "
-                  f"{history.steps[-1] + history_more.steps[-1]} steps")
+            print(f"training time: {history.seconds:.0f} s for {history.steps[-1]} steps, then "
+                  f"{history_recipe.seconds:.0f} s for {history_recipe.steps[-1]} steps")
             """),
         *footer("06", [
             "Defaults: batch 2, accumulation 4 (effective batch 8), 60 steps or 1-3 epochs, learning rate 2e-4.",
@@ -991,13 +994,9 @@ def notebook_07():
             `load_model(folder)` loads the base and then the adapter.
             """),
         code("""
-            from pathlib import Path
             from ftlib import load_model, save
 
-            save(model, tokenizer, "ftlib_outputs/07/adapter", overwrite=True)
-            files = sorted(Path("ftlib_outputs/07/adapter").iterdir())
-            print([file.name for file in files])
-            print(f"{sum(file.stat().st_size for file in files) / 1e6:.2f} MB in all")
+            saved = save(model, tokenizer, "ftlib_outputs/07/adapter", overwrite=True)
             """),
         code("""
             reloaded, reloaded_tokenizer = load_model("ftlib_outputs/07/adapter", max_seq_length=256,
@@ -1019,15 +1018,16 @@ def notebook_07():
             ```
             """),
         code("""
-            save(model, tokenizer, "ftlib_outputs/07/merged", method="merged_16bit", overwrite=True)
-            print(sorted(file.name for file in Path("ftlib_outputs/07/merged").iterdir()))
+            saved = save(model, tokenizer, "ftlib_outputs/07/merged", method="merged_16bit", overwrite=True)
             """),
         md("""
             For Ollama, `method="ollama"` writes the weights plus a `Modelfile` carrying the chat template and the
             stop token; then `ollama create my-model -f Modelfile` inside that folder, and `ollama run my-model`.
             """),
         code("""
-            save(model, tokenizer, "ftlib_outputs/07/ollama", method="ollama", overwrite=True)
+            from pathlib import Path
+
+            saved = save(model, tokenizer, "ftlib_outputs/07/ollama", method="ollama", overwrite=True)
             print((Path("ftlib_outputs/07/ollama") / "Modelfile").read_text()[:600])
             """),
         md("""
@@ -1083,7 +1083,7 @@ def notebook_08():
             data = format_dataset(load_headlines("train"), tokenizer, test_size=0.2, seed=3407)
             history = train(model, tokenizer, data, output_dir="ftlib_outputs/08", **choice.recipe)
             print(generate(model, tokenizer, load_headlines("test")[0]["question"], max_new_tokens=8))
-            save(model, tokenizer, "ftlib_outputs/08/adapter", overwrite=True)
+            saved = save(model, tokenizer, "ftlib_outputs/08/adapter", overwrite=True)
             """),
         md("""
             And how that run went, in the guide's terms:

@@ -20,7 +20,7 @@ def test_quickstart_learns_the_task_and_reloads_the_same_answers(tmp_path, capsy
     before, after, final_loss = (float(match.group(index)) for index in (1, 2, 3))
     assert before <= 0.30
     assert after >= 0.90
-    assert 0 < final_loss < 1.0
+    assert 0 <= final_loss < 0.5
     assert (tmp_path / "loss.png").stat().st_size > 5_000
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
     assert any("the same answers on every held-out headline" in line for line in lines)

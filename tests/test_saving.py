@@ -12,7 +12,8 @@ import torch
 import ftlib
 from ftlib.errors import FtlibError
 from ftlib.generation import generate, run_chat
-from ftlib.saving import chat_template_parts, ollama_stops, push_to_hub, render_with_parts, save
+from ftlib.exporting import chat_template_parts, ollama_stops, push_to_hub, render_with_parts
+from ftlib.saving import save
 
 PROMPTS = ["Acme shares rose after strong sales. Positive or negative?", "Globex"]
 RAW = "Acme shares"
@@ -396,3 +397,34 @@ def test_gguf_runs_the_llama_cpp_converter(tuned, tmp_path):
     assert q8["outtype"] == "q8_0" and q4 == {"source": q4["source"], "outtype": "f16", "quantized": "Q4_K_M"}
     assert (folder / "model.safetensors").is_file() and not list(folder.glob("*.partial"))
     assert "FROM ./model-q8_0.gguf" in (folder / "Modelfile").read_text()
+
+
+def test_export_names_stay_importable_from_saving():
+    # Notebooks and user code import these from ftlib.saving, where they lived before ftlib.exporting.
+    import ftlib.exporting
+    import ftlib.saving
+
+    for name in ("chat_template_parts", "render_with_parts", "ollama_stops", "ollama_modelfile", "find_llama_cpp",
+                 "resolve_token", "push_to_hub", "GGUF_QUANTIZATIONS", "GGUF_STEPS"):
+        assert getattr(ftlib.saving, name) is getattr(ftlib.exporting, name), name
+    assert ftlib.push_to_hub is ftlib.exporting.push_to_hub
+
+
+def test_gguf_modelfile_falls_back_to_the_template_stored_in_the_gguf(tiny_tokenizer, tmp_path):
+    from ftlib.exporting import write_ollama_files
+
+    tokenizer = tiny_tokenizer
+    original = tokenizer.chat_template
+    # Numbers each turn, so no fixed text around a message can rebuild it: no Ollama TEMPLATE exists.
+    tokenizer.chat_template = "{% for m in messages %}[{{ loop.index }}]{{ m['content'] }}{% endfor %}"
+    converter = tmp_path / "convert_hf_to_gguf.py"
+    converter.write_text(FAKE_CONVERTER)
+    try:
+        with pytest.raises(FtlibError, match="merged_16bit"):  # plain Ollama has nowhere else to get it
+            write_ollama_files(tmp_path, tokenizer, tmp_path)
+        notes = write_ollama_files(tmp_path, tokenizer, tmp_path, gguf=(["q8_0"], converter, None))
+    finally:
+        tokenizer.chat_template = original
+    assert (tmp_path / "Modelfile").read_text() == "FROM ./model-q8_0.gguf\n"
+    assert json.loads((tmp_path / "model-q8_0.gguf").read_text())["outtype"] == "q8_0"
+    assert "stored in the GGUF file" in notes[0]

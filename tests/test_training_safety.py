@@ -11,16 +11,7 @@ from ftlib import add_lora, format_dataset, load_model, train
 from ftlib import safety
 from ftlib.demo import load_headlines
 from ftlib.errors import FtlibError
-from ftlib.evaluation import diagnose
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Two OpenMP threads on a busy 2-core machine spin against each other (measured 40x slower steps).
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+from ftlib.diagnosis import diagnose
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,16 @@ from ftlib.demo.world import BAD_EVENTS, GOOD_EVENTS, company_names, fill
 QUESTION = "Headline: {headline}\nDoes this headline impact {company} positively or negatively?"
 LABELS = ("positive", "negative")
 DATA_FOLDER = Path(__file__).resolve().parents[2] / "data" / "headlines"
+README = """# headlines: the demo task
+
+Does this headline impact the company positively or negatively? {train} training rows and {test}
+held-out rows, half "positive" and half "negative", written by `python -m ftlib.demo.headlines`
+(ftlib/demo/headlines.py; same seed, same rows). Headlines are invented from the event templates in
+ftlib/demo/world.py; the held-out rows are about companies that never appear in the training rows,
+and no headline is in both. Load them with `ftlib.demo.load_headlines("train")`. A row:
+
+    {example}
+"""
 
 
 def make_rows(companies, count, rng, taken):
@@ -69,10 +79,13 @@ def write_splits(folder=DATA_FOLDER, **settings):
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    splits = make_splits(**settings)
     paths = {}
-    for split, rows in make_splits(**settings).items():
+    for split, rows in splits.items():
         paths[split] = folder / f"{split}.jsonl"
         paths[split].write_text("".join(json.dumps(row) + "\n" for row in rows))
+    (folder / "README.md").write_text(README.format(train=len(splits["train"]), test=len(splits["test"]),
+                                                    example=json.dumps(splits["test"][0])))
     return paths
 
 
