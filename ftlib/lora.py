@@ -3,6 +3,7 @@
 import torch
 
 from ftlib import acceleration
+from ftlib.checks import check_positive
 from ftlib.errors import FtlibError
 
 # The attention and MLP projections of Llama-style models: adapting all seven works best for most tasks.
@@ -40,8 +41,8 @@ def add_lora(
             "this model already has LoRA adapters (from add_lora or a saved adapter): train it as it is, "
             "or load the base model again with load_model to start fresh adapters"
         )
-    _check_number("r", r, whole=True, hint="r=16 (8-64 typical)")
-    _check_number("lora_alpha", lora_alpha, hint=f"lora_alpha={r} (at least the rank)")
+    check_positive("r", r, "r=16 (8-64 typical)")
+    check_positive("lora_alpha", lora_alpha, f"lora_alpha={r} (at least the rank)", whole=False)
     if not isinstance(lora_dropout, (int, float)) or not 0 <= lora_dropout < 1:
         raise FtlibError(f"lora_dropout must be at least 0 and below 1, got {lora_dropout!r}: try 0.0 or 0.05")
     if use_gradient_checkpointing not in (True, False, "offload"):
@@ -75,13 +76,6 @@ def add_lora(
     model.ftlib_trainable_parameters = (trainable, total)
     print(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
     return model
-
-
-def _check_number(name, value, whole=False, hint=""):
-    kind = int if whole else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
-        what = "a positive whole number" if whole else "a positive number"
-        raise FtlibError(f"{name} must be {what}, got {value!r}: try {hint}")
 
 
 def _check_targets(model, target_modules):

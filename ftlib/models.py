@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 
 from ftlib import acceleration
+from ftlib.checks import check_positive
+from ftlib.demo import DEMO_ALIAS
 from ftlib.errors import FtlibError
-
-DEMO_ALIAS = "ftlib-tiny"
 
 # bitsandbytes warns on every CPU import that an optional kernel package is missing; 4-bit works without it.
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
@@ -44,8 +44,7 @@ def load_model(
     if full_finetuning and (load_in_4bit or load_in_8bit):
         # Quantised weights cannot take gradient updates; the default load_in_4bit=True gives way.
         load_in_4bit = load_in_8bit = False
-    if not isinstance(max_seq_length, int) or max_seq_length <= 0:
-        raise FtlibError(f"max_seq_length must be a positive whole number, got {max_seq_length!r}: try 2048")
+    check_positive("max_seq_length", max_seq_length, "2048")
 
     folder = _resolve(model_name, token)
     adapter_config = folder / "adapter_config.json" if folder is not None else None

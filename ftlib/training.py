@@ -8,6 +8,7 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 
 from ftlib import acceleration, safety
+from ftlib.checks import check_positive
 from ftlib.errors import FtlibError
 from ftlib.history import TrainingHistory
 
@@ -167,6 +168,9 @@ def train(
         "final_loss": history.final_loss,
         "final_eval_loss": history.final_eval_loss,
         "data_shape": getattr(train_dataset, "ftlib_shape", None) or "",
+        "eval_examples": len(eval_dataset) if eval_dataset is not None else 0,
+        "seconds": round(history.seconds, 1),
+        "stopped_reason": history.stopped_reason,
     }
     return history
 
@@ -258,18 +262,12 @@ def _tokenized(dataset, tokenizer, max_seq_length, name):
 
 
 def _check_settings(batch, accumulation, max_steps, epochs, learning_rate, warmup, save_steps, eval_steps, patience):
-    def whole(name, value, hint, allow_none=False):
-        if value is None and allow_none:
-            return
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise FtlibError(f"{name} must be a positive whole number, got {value!r}: try {hint}")
-
-    whole("per_device_train_batch_size", batch, "2 (or 1 if memory is short)")
-    whole("gradient_accumulation_steps", accumulation, "4 (effective batch = batch size x accumulation)")
+    check_positive("per_device_train_batch_size", batch, "2 (or 1 if memory is short)")
+    check_positive("gradient_accumulation_steps", accumulation, "4 (effective batch = batch size x accumulation)")
     if epochs is None:
-        whole("max_steps", max_steps, "60, or set num_train_epochs=1 to train by passes over the data")
-    elif isinstance(epochs, bool) or not isinstance(epochs, (int, float)) or epochs <= 0:
-        raise FtlibError(f"num_train_epochs must be a positive number, got {epochs!r}: try 1 to 3")
+        check_positive("max_steps", max_steps, "60, or set num_train_epochs=1 to train by passes over the data")
+    else:
+        check_positive("num_train_epochs", epochs, "1 to 3", whole=False)
     if isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float)) or not learning_rate > 0 \
             or math.isinf(learning_rate):
         raise FtlibError(
@@ -278,9 +276,9 @@ def _check_settings(batch, accumulation, max_steps, epochs, learning_rate, warmu
         )
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
         raise FtlibError(f"warmup_steps must be a whole number of at least 0, got {warmup!r}: try 5")
-    whole("save_steps", save_steps, "50 (a checkpoint every 50 steps)", allow_none=True)
-    whole("eval_steps", eval_steps, "10, or None to evaluate about 10 times a run", allow_none=True)
-    whole("early_stopping_patience", patience, "3 evaluations", allow_none=True)
+    check_positive("save_steps", save_steps, "50 (a checkpoint every 50 steps)", allow_none=True)
+    check_positive("eval_steps", eval_steps, "10, or None to evaluate about 10 times a run", allow_none=True)
+    check_positive("early_stopping_patience", patience, "3 evaluations", allow_none=True)
 
 
 def _planned_steps(examples, batch, accumulation, epochs):

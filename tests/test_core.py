@@ -50,6 +50,18 @@ def test_missing_local_folder_is_named():
         load_model("./does-not-exist", load_in_4bit=False)
 
 
+@pytest.mark.parametrize("bf16_supported, expected", [(True, torch.bfloat16), (False, torch.float16)])
+def test_automatic_dtype_on_gpus(monkeypatch, bf16_supported, expected):
+    from ftlib.models import _pick_dtype
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: bf16_supported)
+    assert _pick_dtype(None, "cuda") == expected
+    assert _pick_dtype(None, "cpu") == torch.float32
+    if not bf16_supported:
+        with pytest.raises(FtlibError, match="does not support bfloat16.*float16"):
+            _pick_dtype("bfloat16", "cuda")
+
+
 def test_4bit_and_8bit_together_is_refused():
     with pytest.raises(FtlibError, match="pick one"):
         load_model("ftlib-tiny", load_in_4bit=True, load_in_8bit=True)
