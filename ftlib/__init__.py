@@ -13,6 +13,7 @@ Names are imported on first use, so `import ftlib` stays quick and works before 
 """
 
 import importlib
+import logging
 
 __version__ = "0.1.0"
 
@@ -38,6 +39,9 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
+
+# bitsandbytes warns on every CPU import that an optional kernel package is missing; 4-bit works without it.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
 def __getattr__(name):

@@ -5,7 +5,6 @@ base first), or the offline demo alias "ftlib-tiny", and returns (model, tokeniz
 """
 
 import json
-import logging
 import os
 from pathlib import Path
 
@@ -15,9 +14,6 @@ from ftlib import acceleration
 from ftlib.checks import check_positive
 from ftlib.demo import DEMO_ALIAS
 from ftlib.errors import FtlibError
-
-# bitsandbytes warns on every CPU import that an optional kernel package is missing; 4-bit works without it.
-logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
 def load_model(

@@ -2,6 +2,7 @@
 
 import math
 import time
+from contextlib import contextmanager
 
 import torch
 from transformers import TrainerCallback
@@ -36,7 +37,7 @@ def train(
     seed=3407,  # same seed, same data order and dropout: runs repeat
     callbacks=None,  # extra transformers TrainerCallbacks, e.g. the notebooks' live loss plot
     optim=None,  # None = 8-bit AdamW on a GPU, AdamW on the CPU
-    verbose=True,  # print a progress line about ten times a run; notebooks show a live plot instead
+    verbose=True,  # print a progress line about ten times a run (skipped when a callback shows progress itself)
 ):
     """Fine-tune `model` on `dataset` and return the loss history.
 
@@ -121,19 +122,20 @@ def train(
     history = TrainingHistory()
     guard = safety.NonFiniteLossGuard(history=history)
     all_callbacks = [_HistoryCallback(history), guard, *(callbacks or [])]
-    if verbose:
+    if verbose and not any(getattr(callback, "shows_progress", False) for callback in callbacks or []):
         all_callbacks.append(_ProgressCallback(history))
     if stopper is not None:
         all_callbacks.append(stopper)
 
-    trainer = _trainer_class()(
-        model=model,
-        args=config,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        processing_class=tokenizer,
-        callbacks=all_callbacks,
-    )
+    with _quiet_dataset_preparation():
+        trainer = _trainer_class()(
+            model=model,
+            args=config,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=tokenizer,
+            callbacks=all_callbacks,
+        )
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; the progress line replaces it
     model.config.use_cache = False  # the generation cache only costs memory while training
     started = time.perf_counter()
@@ -205,6 +207,20 @@ class _ProgressCallback(TrainerCallback):
         held_out = f"  held-out {self.history.eval_loss[-1]:.3f}" if self.history.eval_loss else ""
         print(f"step {state.global_step}/{state.max_steps}  loss {float(logs['loss']):.3f}{held_out}  "
               f"{elapsed:.0f} s, about {left:.0f} s left", flush=True)
+
+
+@contextmanager
+def _quiet_dataset_preparation():
+    """Hide the progress bars of TRL's checks over data that format_dataset already tokenized and cut."""
+    import datasets
+
+    was_enabled = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            datasets.enable_progress_bars()
 
 
 def _trainer_class():

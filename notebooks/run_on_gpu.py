@@ -12,6 +12,7 @@ Each notebook runs in its own kernel; the peak is PyTorch's max_memory_reserved 
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -88,21 +89,32 @@ def main(arguments):
         make_random_llama(folder)
         os.environ["FTLIB_MODEL"] = folder
     parallel = int(arguments[arguments.index("--parallel") + 1]) if "--parallel" in arguments else 8
+    # stop whatever still runs after this many seconds, so a result comes back within the machine's lease
+    deadline = float(arguments[arguments.index("--deadline") + 1]) if "--deadline" in arguments else 3600
     paths = sorted(HERE.glob("0[1-8]_*.ipynb"))
-    started, running, results = time.time(), [], []
-    for path in paths:
-        while len(running) >= parallel:
-            running = [process for process in running if process.poll() is None]
-            time.sleep(1)
-        log = open(out_folder / f"{path.stem}.log", "w")
-        running.append(subprocess.Popen([sys.executable, __file__, str(out_folder), "--one", str(path)],
-                                        stdout=log, stderr=subprocess.STDOUT))
-    for process in running:
-        process.wait()
+    started, waiting, running = time.time(), list(paths), {}
+    while waiting or running:
+        for path, process in list(running.items()):
+            if process.poll() is not None:
+                del running[path]
+        while waiting and len(running) < parallel:
+            path = waiting.pop(0)
+            log = open(out_folder / f"{path.stem}.log", "w")
+            running[path] = subprocess.Popen([sys.executable, __file__, str(out_folder), "--one", str(path)],
+                                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        if time.time() - started > deadline:
+            for process in running.values():
+                os.killpg(process.pid, signal.SIGKILL)  # the notebook's kernel goes with it
+            break
+        time.sleep(1)
+    results = []
     for path in paths:
         result_file = out_folder / f"{path.stem}.json"
-        results.append(json.loads(result_file.read_text()) if result_file.is_file()
-                       else {"notebook": path.name, "passed": False, "error": "runner crashed: see its log"})
+        if result_file.is_file():
+            results.append(json.loads(result_file.read_text()))
+        else:
+            reason = f"stopped at the {deadline:.0f} s deadline" if path in running else "did not start or crashed"
+            results.append({"notebook": path.name, "passed": False, "error": reason})
     summary = {"model": os.environ.get("FTLIB_MODEL"), "wall_seconds": round(time.time() - started, 1),
                "parallel": parallel, "results": results}
     (out_folder / "results.json").write_text(json.dumps(summary, indent=1))

@@ -213,3 +213,24 @@ def test_precision_follows_bf16_support():
     assert EnvironmentReport(gpu_name="Tesla T4", bf16=False).precision == "float16"
     assert EnvironmentReport(gpu_name="NVIDIA H200", bf16=True).precision == "bfloat16"
     assert EnvironmentReport().precision == "float32 (CPU)"
+
+
+# Memory table and explorer --------------------------------------------------------------------------
+def test_memory_table_marks_what_fits_a_t4():
+    from ftlib.notebook import memory_table
+
+    rows = {line.split()[0]: line for line in memory_table(methods=("qlora", "full"), gpu_gb=16).splitlines()[2:]}
+    assert list(rows) == ["1B", "3B", "8B", "14B", "70B"]
+    assert rows["8B"].split()[1].endswith("*")  # QLoRA 8B fits 16 GB
+    assert not rows["8B"].split()[2].endswith("*")  # a full fine-tune of 8B does not
+    assert "*" not in rows["70B"]
+
+
+def test_memory_explorer_follows_its_dropdowns():
+    from ftlib.notebook import MemoryExplorer
+
+    explorer = MemoryExplorer(gpu_gb=16)
+    assert "llama-3.1-8b, qlora" in explorer.text() and "-> fits a 16 GB GPU" in explorer.text()
+    explorer.size.value = "70B"
+    explorer.method.value = "full"
+    assert "llama-3.1-70b, full" in explorer.text() and "does NOT fit" in explorer.text()
