@@ -324,9 +324,9 @@ def notebook_02():
             - *trainable*: the adapters are a small share of the model (about 0.5% of an 8B model; more of the tiny
               model, whose matrices are small); a full fine-tune trains all of it, and needs gradients and optimizer
               state for every weight too.
-            - *weights MB*: 4-bit weights take about a quarter of 16-bit ones, 8-bit about half (on the tiny
-              model the embeddings, which stay in 16 bits, are a large share, so the saving looks smaller than on
-              a real model).
+            - *weights MB*: 4-bit weights take about a quarter of the memory of 16-bit ones (an eighth of the
+              32-bit ones a CPU uses), 8-bit about half. Embeddings and norms are not quantised, and in the tiny
+              model they are a large share, so its saving looks smaller than a real model's.
             - *s/step*: on a CPU quantised weights are slow to use; on a GPU 4-bit costs a little time for a large
               saving in memory, which is why QLoRA is the default.
 
