@@ -49,15 +49,11 @@ def link(number):
 def header(number, learn, minutes):
     _, title = TITLES[number]
     bullets = "\n".join(f"- {item}" for item in learn)
-    return [md(f"""
-        # {number} · {title}
-
-        **What you will learn**
-
-        {bullets}
-
-        Runs top to bottom in about {minutes} on a laptop CPU with the tiny demo model; nothing needs a click.
-        """)]
+    # Built without dedent: the bullets are inserted unindented, which would stop dedent from working.
+    return [md(
+        f"# {number} · {title}\n\n**What you will learn**\n\n{bullets}\n\n"
+        f"Runs top to bottom in about {minutes} on a laptop CPU with the tiny demo model; nothing needs a click."
+    )]
 
 
 SETUP = [
