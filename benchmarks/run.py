@@ -28,6 +28,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))  # ftlib from this checkout, also when the package is not installed
+
+from ftlib.memory import KNOWN_MODELS  # noqa: E402  (plain Python: imports neither torch nor transformers)
 PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 # Llama shapes, written out so nothing comes from the Hub (weights are random: speed and memory don't care).
@@ -36,10 +39,9 @@ ROPE_LLAMA3 = {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "h
 SHAPES = {
     "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, vocab_size=512, tie_word_embeddings=False),
-    "llama-3.2-1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-                         num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=True),
-    "llama-3.1-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-                         num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False),
+    # the published shapes, as ftlib's memory estimator knows them
+    "llama-3.2-1b": KNOWN_MODELS["llama-3.2-1b"],
+    "llama-3.1-8b": KNOWN_MODELS["llama-3.1-8b"],
 }
 
 
