@@ -24,6 +24,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ftlib.checks import check_positive
+from ftlib.demo import DEMO_ALIAS
 from ftlib.errors import FtlibError
 
 GB = 2**30
@@ -146,10 +148,9 @@ def estimate_memory(
     """
     shape = model_shape(model_name_or_config)
     method = _check_method(method)
-    for name, value in (("max_seq_length", max_seq_length), ("batch_size", batch_size), ("lora_rank", lora_rank)):
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise FtlibError(f"{name} must be a positive whole number, got {value!r}: try {name}="
-                             f"{ {'max_seq_length': 2048, 'batch_size': 2, 'lora_rank': 16}[name] }")
+    check_positive("max_seq_length", max_seq_length, "max_seq_length=2048")
+    check_positive("batch_size", batch_size, "batch_size=2")
+    check_positive("lora_rank", lora_rank, "lora_rank=16")
     if gradient_checkpointing not in (True, False, "offload"):
         raise FtlibError(f"gradient_checkpointing must be True, False or 'offload', got {gradient_checkpointing!r}")
     if optimizer not in ("adamw_8bit", "adamw"):
@@ -245,7 +246,7 @@ def model_shape(model_name_or_config):
 
 
 def _shape_from_name(name):
-    if name == "ftlib-tiny":
+    if name == DEMO_ALIAS:
         from ftlib.demo import tiny_model_path
 
         name = str(tiny_model_path())

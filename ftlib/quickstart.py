@@ -38,15 +38,10 @@ def run_quickstart(output_dir="ftlib_outputs/quickstart", max_steps=None, exampl
         True
     """
     from ftlib import add_lora, format_dataset, load_model, save, train
-    from ftlib.demo import DEMO_ALIAS, load_headlines
+    from ftlib.demo import DEMO_ALIAS, load_headlines, use_one_cpu_thread
     from ftlib.evaluation import evaluate
 
-    import torch
-
-    if not torch.cuda.is_available():
-        # The tiny model's matrices are too small to split between threads; a second thread only waits
-        # (measured on a busy 2-core machine: 0.2 s a step with one thread, 2.3 s with two).
-        torch.set_num_threads(1)
+    use_one_cpu_thread()
     started = time.perf_counter()
     output_dir = Path(output_dir)
     say = print_function

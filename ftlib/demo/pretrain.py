@@ -17,11 +17,12 @@ from pathlib import Path
 
 import torch
 
+from ftlib.demo import DATA_FOLDER, DEMO_ALIAS
 from ftlib.demo.corpus import make_corpus
 from ftlib.demo.model import build_model
 from ftlib.demo.tokenizer import train_tokenizer
 
-DEFAULT_FOLDER = Path(__file__).resolve().parents[2] / "data" / "ftlib-tiny"
+DEFAULT_FOLDER = DATA_FOLDER / DEMO_ALIAS
 
 
 def pack_blocks(tokenizer, documents, block_size):
