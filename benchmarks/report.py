@@ -25,6 +25,11 @@ def _label(spec):
         extra.append("offload checkpointing")
     if spec.get("padding_free"):
         extra.append("padding-free")
+    extra += [f"without {name.replace('_', ' ')}" for name in spec.get("off", ())]
+    if spec.get("compile"):
+        extra.append("layers compiled")
+    if spec.get("profile"):
+        extra.append(f"{'Python' if spec['profile'] == 'python' else 'GPU'} profile of one more step")
     return spec["system"] + (f" ({', '.join(extra)})" if extra else "")
 
 
@@ -50,8 +55,11 @@ def tables(results):
     for run in results["runs"]:
         by_case.setdefault(_case(run["spec"]), []).append(run)
     for case, runs in by_case.items():
-        reference = {run["spec"]["system"]: run for run in runs
-                     if "error" not in run and not run["spec"].get("checkpointing") and not run["spec"].get("padding_free")}
+        variants = ("checkpointing", "padding_free", "off", "compile")
+        reference = {}
+        for run in runs:  # the first run of each system with its default settings
+            if "error" not in run and not any(run["spec"].get(key) for key in variants):
+                reference.setdefault(run["spec"]["system"], run)
         for run in runs:
             spec = run["spec"]
             name = f"{case[0]} {case[1]} {case[2]} {case[3]} {case[4]}" + (f" cap {case[5]} GiB" if case[5] else "")

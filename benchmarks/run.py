@@ -120,13 +120,14 @@ def make_rows(vocab_size, rows, length, mix, seed=1234):
 class _Meter:
     """Counts the tokens the model sees (an embedding pre-hook) and times optimizer steps."""
 
-    def __init__(self, model, pad_id, device):
+    def __init__(self, model, pad_id, device, profile_step=None, profile_kind="torch"):
         import torch
 
         self.torch, self.device, self.pad_id = torch, device, pad_id
         self.pending_real, self.pending_slots = [], []
         self.step_seconds, self.step_tokens, self.step_slots, self.losses = [], [], [], []
         self._started = None
+        self.profile_step, self.profile_kind, self.profiler, self.profile_table = profile_step, profile_kind, None, None
         self.hook = model.get_input_embeddings().register_forward_pre_hook(self._count)
 
     def _count(self, module, args):
@@ -146,11 +147,15 @@ class _Meter:
 
         class StepTimer(TrainerCallback):
             def on_step_begin(self, args, state, control, **kwargs):
+                if meter.profile_step is not None and state.global_step == meter.profile_step:
+                    meter._start_profiler()
                 meter._sync()
                 meter._started = time.perf_counter()
 
             def on_step_end(self, args, state, control, **kwargs):
                 meter._sync()
+                if meter.profiler is not None:
+                    meter._stop_profiler()
                 meter.step_seconds.append(time.perf_counter() - meter._started)
                 meter.step_tokens.append(int(sum(int(x) for x in meter.pending_real)))
                 meter.step_slots.append(int(sum(meter.pending_slots)))
@@ -161,6 +166,73 @@ class _Meter:
                     meter.losses.append(float(logs["loss"]))
 
         return StepTimer()
+
+
+    def _start_profiler(self):
+        if self.profile_kind == "python":  # where the Python time goes (what a CPU-bound step waits for)
+            import cProfile
+
+            self.profiler = cProfile.Profile()
+            self.profiler.enable()
+            return
+        activities = [self.torch.profiler.ProfilerActivity.CPU, self.torch.profiler.ProfilerActivity.CUDA]
+        self.profiler = self.torch.profiler.profile(activities=activities)
+        self.profiler.start()
+
+    def _stop_profiler(self):
+        if self.profile_kind == "python":
+            import io
+            import pstats
+
+            self.profiler.disable()
+            text = io.StringIO()
+            pstats.Stats(self.profiler, stream=text).sort_stats("tottime").print_stats(45)
+            self.profile_table, self.profiler = text.getvalue()[-12000:], None
+            return
+        self.profiler.stop()
+        averages = self.profiler.key_averages()
+        try:
+            self.profile_table = averages.table(sort_by="self_device_time_total", row_limit=45, max_name_column_width=70)
+        except (AttributeError, KeyError):  # older PyTorch names the column after CUDA
+            self.profile_table = averages.table(sort_by="self_cuda_time_total", row_limit=45, max_name_column_width=70)
+        self.profiler = None
+
+
+def _switch_off(names):
+    """Benchmark-only: turn off some of ftlib's speed options (to measure what each one brings)."""
+    from ftlib import acceleration
+
+    if "fused_lora" in names:
+        acceleration.fuse_lora = lambda model: 0
+    if "expandable_segments" in names:
+        acceleration.use_expandable_segments = lambda: False
+    if "liger" in names:
+        acceleration.liger_available = lambda: False
+    if "reentrant" in names:  # the non-reentrant form for mode True, as before 2026-11-28 19:30
+        plain_enable = acceleration.enable_gradient_checkpointing
+
+        def non_reentrant(model, mode=True):
+            model = plain_enable(model, mode)
+            if mode is True:
+                base = acceleration._base_model(model)
+                base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            return model
+
+        acceleration.enable_gradient_checkpointing = non_reentrant
+    if "cudnn_attention" in names:  # PyTorch's SDPA then picks flash or memory-efficient attention instead
+        import torch
+
+        torch.backends.cuda.enable_cudnn_sdp(False)
+
+
+def _compile_layers(model):
+    """Experiment: torch.compile each decoder layer (one graph shared by all layers of the same shape)."""
+    import torch
+
+    torch._dynamo.config.cache_size_limit = 64
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    for layer in base.model.layers:
+        layer.compile()
 
 
 def _sft_config(spec, **extra):
@@ -210,6 +282,8 @@ def load_system(spec):
     if spec["system"] == "ftlib":
         from ftlib import add_lora, load_model
 
+        _switch_off(spec.get("off", ()))
+
         model, tokenizer = load_model(folder, max_seq_length=spec["max_seq_length"], dtype=dtype,
                                       load_in_4bit=quantized)
         model = add_lora(model, r=16, lora_alpha=16, use_gradient_checkpointing=spec.get("checkpointing", True))
@@ -244,6 +318,7 @@ def _train(spec, model, tokenizer, rows, meter):
         from ftlib import acceleration
 
         settings = acceleration.trainer_settings(model, padding_free=True)
+        acceleration.fuse_lora(model)
         trainer = _plain_trainer_class(spec["gpu"])(
             model=model, processing_class=tokenizer, train_dataset=dataset,
             args=_sft_config(spec, gradient_checkpointing=False, **settings), callbacks=[meter.callback()])
@@ -341,22 +416,26 @@ def worker(spec):
     dtype = getattr(torch, spec["dtype"])
     rows = make_rows(vocab, spec["batch"] * spec["accumulation"] * spec["steps"], spec["length"], spec["mix"])
     result["parity_loss"] = _parity_loss(model, rows, device, dtype)
-    meter = _Meter(model, pad_id, device)
+    # With profile=True the last step runs under torch.profiler and is left out of the timings.
+    meter = _Meter(model, pad_id, device, profile_step=spec["steps"] - 1 if spec.get("profile") else None,
+                   profile_kind=spec.get("profile") if spec.get("profile") == "python" else "torch")
+    if spec.get("compile"):
+        _compile_layers(model)
 
     _free(torch)
     if spec["gpu"]:
         torch.cuda.reset_peak_memory_stats()
     result["trained_by"] = _train(spec, model, tokenizer, rows, meter)
     result.update(_memory(torch))
-    warm = spec["warmup"]
-    measured = meter.step_seconds[warm:] or meter.step_seconds
-    tokens = meter.step_tokens[warm:] or meter.step_tokens
+    warm, end = spec["warmup"], spec["steps"] - 1 if spec.get("profile") else None
+    measured = meter.step_seconds[warm:end] or meter.step_seconds
+    tokens = meter.step_tokens[warm:end] or meter.step_tokens
     median = statistics.median(measured)
     result.update(
         step_seconds=meter.step_seconds, step_tokens=meter.step_tokens, step_slots=meter.step_slots,
         median_step_seconds=median, tokens_per_second=statistics.mean(tokens) / median,
         first_loss=meter.losses[0] if meter.losses else None, last_loss=meter.losses[-1] if meter.losses else None,
-        losses=meter.losses,
+        losses=meter.losses, profile=meter.profile_table,
     )
     if spec.get("longest"):
         result["longest"] = _longest_sequence(spec, model, tokenizer, meter)
@@ -416,7 +495,9 @@ def _spec(system, shape, method="qlora", mix="fixed", length=2048, **extra):
     spec["name"] = "/".join(str(part) for part in (
         system, shape, method, mix, spec["length"], spec["dtype"],
         f"cap{spec['memory_cap_gb']}" if spec.get("memory_cap_gb") else "",
+        "no-" + "-no-".join(spec["off"]) if spec.get("off") else "",
         f"ckpt-{spec['checkpointing']}" if "checkpointing" in spec else "",
+        "compiled" if spec.get("compile") else "", f"profile-{spec['profile']}" if spec.get("profile") else "",
         "padding-free" if spec.get("padding_free") else "") if part)
     return spec
 
@@ -441,6 +522,34 @@ def plan(name):
         specs += [_spec(system, eight, dtype="float16", memory_cap_gb=15, steps=3, warmup=1, max_seq_length=65536,
                         longest=65536) for system in SYSTEMS]
         return specs
+    if name == "explore":  # what each option brings, with a profile of one step of ftlib and of Unsloth
+        specs = [_spec("unsloth", eight, steps=6, warmup=2, profile=True),
+                 _spec("ftlib", eight, steps=6, warmup=2, profile=True),
+                 _spec("ftlib", eight, checkpointing="offload", steps=5),
+                 _spec("ftlib", eight, steps=5, off=["fused_lora"]),
+                 _spec("plain", eight, steps=5)]
+        specs += [_spec("ftlib", one, mix="variable", padding_free=True, steps=10, warmup=3),
+                  _spec("ftlib", one, mix="variable", steps=10, warmup=3),
+                  _spec("plain", one, mix="variable", steps=10, warmup=3)]
+        return specs
+    if name == "explore2":  # what limits ftlib (a CPU-bound step): Python profile, lean fused LoRA, compile
+        return [_spec("ftlib", eight, steps=5, profile="python"),
+                _spec("ftlib", eight, steps=6, warmup=3, compile=True, off=["liger"]),
+                _spec("ftlib", eight, steps=5, off=["fused_lora"]),
+                _spec("ftlib", eight, steps=5, checkpointing="offload"),
+                _spec("ftlib", eight, steps=6, warmup=3, compile=True, off=["liger", "fused_lora"])]
+    if name == "next":  # the new defaults against Unsloth and plain, what each brings, and the variable-length puzzle
+        specs = [_spec(system, eight, steps=6, warmup=2) for system in SYSTEMS]
+        specs += [_spec("ftlib", eight, steps=6, warmup=2, off=["reentrant"]),
+                  _spec("ftlib", eight, steps=6, warmup=2, checkpointing="offload")]
+        specs += [_spec(system, one, mix="variable", steps=10, warmup=3) for system in SYSTEMS]
+        specs += [_spec("ftlib", one, mix="variable", steps=10, warmup=3, off=["cudnn_attention"])]
+        specs += [_spec(system, eight, dtype="float16", memory_cap_gb=15, steps=3, warmup=1, max_seq_length=65536,
+                        longest=65536) for system in SYSTEMS]
+        return specs
+    if name == "after-notebooks":  # what fits after the notebooks' GPU run in the same call (no Unsloth there)
+        return [_spec("ftlib", eight, steps=5), _spec("plain", eight, steps=5),
+                _spec("ftlib", eight, steps=5, checkpointing="offload")]
     if name == "unsloth":  # a second call when the first could not import Unsloth
         return [_spec("unsloth", eight, steps=4), _spec("unsloth", one, steps=4)]
     if name == "more":
@@ -450,7 +559,7 @@ def plan(name):
         specs += [_spec(system, one, mix="variable") for system in SYSTEMS]
         specs += [_spec(system, one, method="lora16") for system in SYSTEMS]
         return specs
-    raise SystemExit(f"unknown plan {name!r}: use smoke, main or more")
+    raise SystemExit(f"unknown plan {name!r}: use smoke, main, more, next, explore, explore2 or unsloth")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -532,7 +641,8 @@ def summary_line(result):
     memory = (f"{result['peak_reserved_gb']:.2f} GB reserved, {result['peak_allocated_gb']:.2f} allocated"
               if "peak_reserved_gb" in result else "CPU")
     return (f"{spec['name']}: {result['tokens_per_second']:,.0f} tok/s, {memory}, load {result['load_seconds']:.0f} s, "
-            f"loss {result['first_loss']:.4f} -> {result['last_loss']:.4f}, parity {result['parity_loss']:.5f}")
+            f"loss {result['first_loss']:.4f} -> {result['last_loss']:.4f}, parity {result['parity_loss']:.5f}, "
+            f"steps {' '.join(f'{seconds:.2f}' for seconds in result['step_seconds'])} s")
 
 
 def main(argv=None):

@@ -53,6 +53,8 @@ def load_model(
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch_dtype = _pick_dtype(dtype, device)
     quantization = _quantization_config(load_in_4bit, load_in_8bit, torch_dtype)
+    if device == "cuda":
+        acceleration.use_expandable_segments()
 
     from transformers import AutoModelForCausalLM
 

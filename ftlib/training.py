@@ -83,6 +83,7 @@ def train(
     device = next(model.parameters()).device
     model_dtype = _compute_dtype(model)
     extra = acceleration.trainer_settings(model)
+    acceleration.fuse_lora(model)
     if optim is not None:
         extra["optim"] = optim
     settings = dict(
@@ -227,7 +228,8 @@ def _trainer_class():
     """TRL's SFTTrainer, with the model's own loss where TRL's fused loss head cannot run.
 
     TRL 1.15 computes the loss with a Triton kernel, which needs a GPU; on a CPU (and where Triton is
-    missing) the model's own cross-entropy gives the same loss.
+    missing) the model's own cross-entropy gives the same loss. The FLOP count for the logs is computed
+    from a parameter count taken once instead of once per micro-batch.
     """
     from transformers import Trainer
     from trl import SFTTrainer
@@ -239,6 +241,14 @@ def _trainer_class():
             if on_gpu and getattr(trl_utils, "_ChunkedLogProbFunction", None) is not None:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+
+        def floating_point_ops(self, inputs):
+            # transformers recounts the parameters for every micro-batch, a walk over every module (thousands
+            # for an 8B model with adapters); the count cannot change during training, so take it once.
+            if getattr(self, "_ftlib_parameter_count", None) is None:
+                self._ftlib_parameter_count = self.model.num_parameters(exclude_embeddings=True)
+            input_ids = inputs.get("input_ids")
+            return 6 * input_ids.numel() * self._ftlib_parameter_count if input_ids is not None else 0
 
     return FtlibTrainer
 

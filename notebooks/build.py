@@ -60,8 +60,13 @@ SETUP = [
     md("""
         ## Setup
 
-        The first cell installs ftlib and what it needs (trl, bitsandbytes, ...) on Colab or Kaggle, and does
-        nothing where ftlib is already installed. The second checks the machine and picks the model:
+        The first cell installs ftlib where it is missing (Colab, Kaggle) and does nothing where it is already
+        installed. ftlib is not on PyPI, so the cell installs it, with trl, bitsandbytes and the widgets, from a
+        copy of its repository: a clone found in this folder, a folder above it or one folder down (after
+        `!git clone <repository URL>` on Colab), or else the environment variable **`FTLIB_SOURCE`**: a git URL
+        (`git+https://...`), a wheel or a folder. Without either it stops and says what to do.
+
+        The second cell checks the machine and picks the model:
 
         - no GPU, or no internet: `ftlib-tiny`, the small demo model that ships with ftlib and trains in a
           minute on a CPU;
@@ -70,15 +75,21 @@ SETUP = [
           that instead (and `FTLIB_LOAD_IN_4BIT=0` or `1` to choose 4-bit loading yourself).
         """),
     code("""
-        import importlib.util, subprocess, sys
-
-        # Colab and Kaggle lack ftlib, trl and bitsandbytes: install them once. Elsewhere nothing happens.
-        FTLIB_SOURCE = "ftlib[notebooks]"  # or a git URL or a local folder holding ftlib's pyproject.toml
-        if importlib.util.find_spec("ftlib") is None:
-            subprocess.run([sys.executable, "-m", "pip", "install", "-q", FTLIB_SOURCE], check=True)
-            print("Installed ftlib. If an import below fails, restart the runtime once and run again.")
-        else:
+        import importlib.util, os, subprocess, sys
+        from pathlib import Path
+        here = Path.cwd()  # a copy of ftlib's repository counts here, in a folder above, or one down (a fresh clone)
+        projects = [folder / "pyproject.toml" for folder in (here, *here.parents, *here.iterdir())]
+        clones = [str(path.parent) for path in projects if path.is_file() and 'name = "ftlib"' in path.read_text()]
+        source = clones[0] if clones else os.environ.get("FTLIB_SOURCE")  # a git URL, a wheel or a folder
+        found = importlib.util.find_spec("ftlib")  # a bare clone folder named ftlib imports as an empty namespace
+        if found is not None and found.origin is not None:
             print("ftlib is already installed: nothing to do.")
+        elif source:
+            subprocess.run([sys.executable, "-m", "pip", "install", "-q", source, "ftlib[notebooks]"], check=True)
+            print(f"Installed ftlib from {source}. If an import below fails, restart the runtime and run again.")
+        else:
+            raise ModuleNotFoundError(f"ftlib is not installed and no copy of its repository is in {here}: clone or upload "
+                                      "it there, or set FTLIB_SOURCE to a git URL, a wheel or a folder of it.")
         """),
     code("""
         from ftlib.environment import check_environment
@@ -758,16 +769,28 @@ def notebook_05():
             ## 3. Installing
 
             **Colab** (Runtime > Change runtime type > T4 GPU) and **Kaggle** (Settings > Accelerator > GPU T4):
-            torch, transformers, peft, accelerate and datasets are preinstalled; trl and bitsandbytes are not. The
-            setup cell at the top of every notebook runs `pip install "ftlib[notebooks]"`, which adds exactly what
-            is missing. Restart the runtime once if an import fails afterwards.
+            torch, transformers, peft, accelerate and datasets are preinstalled; trl, bitsandbytes and ftlib are not.
+            ftlib is not on PyPI, so give the setup cell a copy of its repository, in one of three ways:
+
+            - clone it into the working folder, in a cell of its own: `!git clone <ftlib's repository URL>`
+              (on Kaggle, switch Internet on in the settings first);
+            - upload the repository there (a zip, unpacked with `!unzip`): `/content` on Colab,
+              `/kaggle/working` on Kaggle;
+            - or set `FTLIB_SOURCE` in a cell above the setup cell: `%env FTLIB_SOURCE=git+https://...` (a git URL),
+              or the path of a wheel or a folder. A wheel suits Kaggle, where attached data in `/kaggle/input` is
+              read-only: build it once with `pip wheel --no-deps .` in a clone.
+
+            The setup cell then runs `pip install <that copy> "ftlib[notebooks]"`, which adds ftlib, trl,
+            bitsandbytes and the widgets; the demo model and the headline data come inside the package. Restart the
+            runtime once if an import fails afterwards.
 
             **Your own machine**, with an NVIDIA GPU and a recent driver:
 
             ```bash
+            git clone <ftlib's repository URL> ftlib && cd ftlib
             python -m venv .venv && source .venv/bin/activate
             pip install torch                      # pick the CUDA build on pytorch.org if pip's default does not match your driver
-            pip install "ftlib[notebooks]"          # transformers, peft, trl, accelerate, datasets, bitsandbytes, ipywidgets
+            pip install -e ".[notebooks]"           # ftlib, transformers, peft, trl, accelerate, datasets, bitsandbytes, ipywidgets
             python -c "from ftlib.environment import check_environment; print(check_environment())"
             ```
 
@@ -786,12 +809,13 @@ def notebook_05():
         *footer("05", [
             "`check_environment()` reports GPU, memory, bf16 support and package versions, and says how to fix problems.",
             "A free T4 (16 GB, float16 only) trains models up to about 8B parameters with QLoRA.",
-            "Colab and Kaggle need trl and bitsandbytes added; `pip install \"ftlib[notebooks]\"` does it.",
+            "ftlib is not on PyPI: clone or upload its repository (or set `FTLIB_SOURCE`) and the setup cell installs it with trl and bitsandbytes.",
             "When memory is short: 4-bit, batch 1 with more accumulation, shorter sequences, a smaller model.",
         ], [
             "Why does ftlib train in float16 on a T4 but bfloat16 on an A100?",
             "An 8B model does not fit your GPU with LoRA. What two changes would you try first?",
             "After installing on Colab an import fails. What do you do?",
+            "On a fresh Colab runtime the setup cell stops: ftlib is not installed. Name two ways to fix that.",
             "Why does the tiny demo model not need a GPU?",
         ]),
     ]

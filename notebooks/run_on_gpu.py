@@ -1,6 +1,6 @@
 """Run the eight notebooks top to bottom on a GPU machine and record pass/fail, time and peak GPU memory.
 
-    python notebooks/run_on_gpu.py OUT_FOLDER [--random-llama FOLDER] [--parallel 8]
+    python notebooks/run_on_gpu.py OUT_FOLDER [--random-llama FOLDER] [--parallel 8] [--deadline S] [--only 04,06]
 
 --random-llama FOLDER first writes a Llama-3.2-1B-shaped model with random weights to FOLDER (the
 published architecture numbers; the tiny demo model's tokenizer, since no download is possible) and
@@ -92,6 +92,9 @@ def main(arguments):
     # stop whatever still runs after this many seconds, so a result comes back within the machine's lease
     deadline = float(arguments[arguments.index("--deadline") + 1]) if "--deadline" in arguments else 3600
     paths = sorted(HERE.glob("0[1-8]_*.ipynb"))
+    if "--only" in arguments:  # e.g. --only 04,06
+        wanted = arguments[arguments.index("--only") + 1].split(",")
+        paths = [path for path in paths if path.name[:2] in wanted]
     started, waiting, running = time.time(), list(paths), {}
     while waiting or running:
         for path, process in list(running.items()):

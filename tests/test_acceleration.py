@@ -34,7 +34,7 @@ TEXTS = ["Shares of the company rose after the results beat forecasts.",
 
 
 def _loss_and_gradients(model, tokenizer):
-    input_ids, attention_mask, labels = _batch(tokenizer, TEXTS)
+    input_ids, attention_mask, labels = (tensor.to(model.device) for tensor in _batch(tokenizer, TEXTS))
     model.train()
     loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
     loss.backward()
@@ -205,3 +205,116 @@ def test_gpu_settings_when_on_cuda(tiny_model, monkeypatch):
     assert settings["optim"] == "adamw_8bit" and settings["activation_offloading"] is True
     acceleration.enable_gradient_checkpointing(model, True)
     assert "activation_offloading" not in acceleration.trainer_settings(model)
+
+
+def _lora_with_nonzero_update(model, checkpointing=True):
+    """LoRA adapters whose B matrices are not zero, so the adapter's share of the output is really checked."""
+    model = _lora(model, checkpointing)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.05)
+    return model
+
+
+@pytest.mark.parametrize("load_in_4bit", [False, True])
+def test_fused_lora_keeps_loss_and_gradients(tiny_path, load_in_4bit):
+    """The fused LoRA path computes PEFT's numbers: same loss, same adapter gradients (float32 here)."""
+    from ftlib import load_model
+    from ftlib.fused_lora import fuse_lora_layers, unfuse_lora_layers
+
+    model, tokenizer = load_model(tiny_path, load_in_4bit=load_in_4bit, dtype=torch.float32, max_seq_length=128)
+    model = _lora_with_nonzero_update(model)
+    plain_loss, plain_gradients = _loss_and_gradients(model, tokenizer)
+    projections = 7 * model.config.num_hidden_layers
+    assert fuse_lora_layers(model) == projections
+    assert fuse_lora_layers(model) == 0  # already fused: nothing changes twice
+    loss, gradients = _loss_and_gradients(model, tokenizer)
+    assert torch.allclose(loss, plain_loss, atol=1e-5)
+    assert gradients.keys() == plain_gradients.keys() and len(gradients) == 2 * projections
+    for name, gradient in gradients.items():
+        assert torch.allclose(gradient, plain_gradients[name], atol=1e-6, rtol=1e-4), name
+    assert unfuse_lora_layers(model) == projections
+    assert torch.allclose(_loss_and_gradients(model, tokenizer)[0], plain_loss, atol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:None of the inputs have requires_grad")  # a no-gradient pass in train mode
+def test_fused_lora_leaves_generation_and_other_adapters_to_peft(tiny_path):
+    """In eval mode without gradients (generation) or with the adapter switched off, PEFT's own forward runs;
+    in train mode it is fused, also without gradients (the first pass of reentrant checkpointing)."""
+    from ftlib import load_model
+    from ftlib.fused_lora import _LoraProjection, fuse_lora_layers
+
+    model, tokenizer = load_model(tiny_path, load_in_4bit=False, max_seq_length=128)
+    model = _lora_with_nonzero_update(model)
+    input_ids, attention_mask, labels = (tensor.to(model.device) for tensor in _batch(tokenizer, TEXTS))
+    with torch.no_grad():
+        expected = model(input_ids=input_ids, attention_mask=attention_mask).logits
+    fuse_lora_layers(model)
+    calls = []
+    original = _LoraProjection.apply
+    try:
+        _LoraProjection.apply = lambda *args: calls.append(1) or original(*args)
+        model.eval()
+        with torch.no_grad():
+            logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+        assert torch.equal(logits, expected) and not calls
+        model.train()
+        with model.disable_adapter():
+            model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss.backward()
+        assert not calls
+        projections = 7 * model.config.num_hidden_layers
+        with torch.no_grad():
+            fused_logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+        assert len(calls) == projections and torch.allclose(fused_logits, expected, atol=1e-5)
+        model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss.backward()
+        assert len(calls) >= 2 * projections  # forward, and the recomputation of reentrant checkpointing
+    finally:
+        _LoraProjection.apply = original
+
+
+def tiny_model_again():
+    from ftlib import load_model
+
+    return load_model("ftlib-tiny", load_in_4bit=False)[0]
+
+
+def test_fuse_lora_only_on_a_gpu(tiny_model, monkeypatch):
+    """acceleration.fuse_lora leaves a CPU model alone and records what it did on a (pretend) GPU."""
+    model = _lora(tiny_model[0], True)
+    monkeypatch.setattr(acceleration, "model_device_type", lambda model: "cpu")
+    assert acceleration.fuse_lora(model) == 0
+    monkeypatch.setattr(acceleration, "model_device_type", lambda model: "cuda")
+    assert acceleration.fuse_lora(model) == 7 * model.config.num_hidden_layers
+    assert "fused_lora" in model.get_base_model().ftlib_acceleration
+    monkeypatch.setenv("FTLIB_PLAIN", "1")
+    assert acceleration.fuse_lora(_lora(tiny_model_again(), True)) == 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_fused_lora_matches_peft_in_bfloat16_on_cuda(tiny_path):
+    """On a GPU in 4-bit with bf16 autocast: the fused loss and gradients agree with PEFT's within bf16 rounding."""
+    from ftlib import load_model
+    from ftlib.fused_lora import fuse_lora_layers
+
+    model, tokenizer = load_model(tiny_path, load_in_4bit=True, dtype=torch.bfloat16, max_seq_length=128)
+    model = _lora_with_nonzero_update(model)
+    input_ids, attention_mask, labels = (tensor.cuda() for tensor in _batch(tokenizer, TEXTS))
+
+    def run():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+        loss.backward()
+        gradients = {name: p.grad.float().clone() for name, p in model.named_parameters() if p.grad is not None}
+        model.zero_grad(set_to_none=True)
+        return float(loss), gradients
+
+    plain_loss, plain_gradients = run()
+    fuse_lora_layers(model)
+    loss, gradients = run()
+    assert abs(loss - plain_loss) < 1e-2 * abs(plain_loss)
+    assert gradients.keys() == plain_gradients.keys() and gradients
+    for name, gradient in gradients.items():
+        scale = plain_gradients[name].abs().max()
+        assert (gradient - plain_gradients[name]).abs().max() <= 0.05 * scale, name

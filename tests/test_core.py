@@ -197,3 +197,21 @@ def test_saved_adapter_reloads_to_identical_greedy_outputs(tiny_model, headline_
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
     reloaded, reloaded_tokenizer = load_model(str(tmp_path / "adapter"), load_in_4bit=False)
     assert generate(reloaded, reloaded_tokenizer, prompts, max_new_tokens=8) == expected
+
+
+def test_flop_count_takes_the_parameter_count_once(tiny_model):
+    """The logged FLOP count is transformers' 6 x tokens x parameters, without recounting every micro-batch."""
+    import types
+
+    from ftlib.training import _trainer_class
+
+    model = add_lora(tiny_model[0], use_gradient_checkpointing=False)
+    base = model.get_base_model()
+    expected_count = base.num_parameters(exclude_embeddings=True)
+    calls = []
+    base.num_parameters = lambda **options: calls.append(options) or expected_count
+    trainer = types.SimpleNamespace(model=model)
+    inputs = {"input_ids": torch.ones(2, 37, dtype=torch.long)}
+    flops = [_trainer_class().floating_point_ops(trainer, inputs) for _ in range(5)]
+    assert flops == [6 * 2 * 37 * expected_count] * 5
+    assert calls == [{"exclude_embeddings": True}]

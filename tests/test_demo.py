@@ -3,6 +3,7 @@ and the committed tiny model and tokenizer load offline and behave as a chat mod
 
 import math
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -146,3 +147,13 @@ def test_missing_demo_files_raise_an_error_naming_the_rebuild_command(monkeypatc
         load_headlines("test")
     with pytest.raises(FtlibError, match='use "train" or "test"'):
         load_headlines("validation")
+
+
+def test_a_checkout_reads_the_demo_data_at_the_repository_root():
+    # An installed wheel carries the data in ftlib/demo/data/ (tests/test_project.py builds one); a checkout,
+    # editable install included, must read data/ itself, not a stale copy that would shadow it.
+    root = Path(__file__).resolve().parents[1]
+    if Path(ftlib.demo.__file__).resolve().parents[2] != root:
+        pytest.skip("ftlib is not imported from this checkout")
+    assert not (root / "ftlib" / "demo" / "data").exists(), "remove ftlib/demo/data/: the demo data lives in data/"
+    assert tiny_model_path() == root / "data" / DEMO_ALIAS

@@ -1,7 +1,12 @@
-"""The notebooks' shape, without running them: skeleton, markers, prose, no saved errors, built from build.py."""
+"""The notebooks' shape, without running them: skeleton, markers, prose, no saved errors, built from build.py;
+and what their setup cell does where ftlib is installed, where a clone is at hand, and where neither is."""
 
 import importlib.util
+import os
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
@@ -95,3 +100,88 @@ def test_training_notebooks_plot_live_loss_and_keep_the_final_figure():
         for cell in plotted:
             images = [output for output in cell.outputs if "image/png" in output.get("data", {})]
             assert len(images) == 1, f"{number}: one final figure per training cell, got {len(images)}"
+
+
+# --- The setup cell: nothing where ftlib is installed; else a clone of the repository, else FTLIB_SOURCE, else a clear stop ---
+
+DRIVER = """
+import subprocess, sys
+commands = []
+subprocess.run = lambda command, **options: commands.append(command)  # record pip instead of running it
+exec(compile(sys.stdin.read(), "setup cell", "exec"))
+print("pip:", commands)
+"""
+
+
+def _setup_cell():
+    sources = {next(cell.source for cell in nbformat.read(path, as_version=4).cells if cell.cell_type == "code")
+               for path in PATHS}
+    assert len(sources) == 1, "every notebook starts with the same setup cell"
+    return sources.pop()
+
+
+def _run_setup_cell(folder, installed, source=None):
+    """Run the setup cell in a fresh Python in `folder`; without site-packages (-S) ftlib is not installed."""
+    environment = {key: value for key, value in os.environ.items() if key != "FTLIB_SOURCE"}
+    if source:
+        environment["FTLIB_SOURCE"] = source
+    flags = [] if installed else ["-S"]
+    return subprocess.run([sys.executable, *flags, "-c", DRIVER], input=_setup_cell(), cwd=folder,
+                          env=environment, capture_output=True, text=True, timeout=60)
+
+
+def _clone(folder):
+    folder.mkdir(parents=True)
+    shutil.copy(NOTEBOOKS.parent / "pyproject.toml", folder / "pyproject.toml")
+    return folder
+
+
+def test_setup_cell_does_nothing_where_ftlib_is_installed(tmp_path):
+    result = _run_setup_cell(tmp_path, installed=True, source="/nowhere/ftlib.whl")
+    assert result.returncode == 0, result.stderr
+    assert "ftlib is already installed: nothing to do." in result.stdout and "pip: []" in result.stdout
+
+
+def test_setup_cell_installs_a_clone_found_here_above_or_one_folder_down(tmp_path):
+    clone = _clone(tmp_path / "ftlib-main")
+    (clone / "notebooks").mkdir()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "pyproject.toml").write_text('[project]\nname = "other"\n')
+    for folder in (tmp_path, clone, clone / "notebooks"):  # after a git clone; in the clone; beside the notebooks
+        result = _run_setup_cell(folder, installed=False, source="/nowhere/ftlib.whl")  # a clone comes first
+        assert result.returncode == 0, result.stderr
+        assert f"'install', '-q', '{clone}', 'ftlib[notebooks]']" in result.stdout, result.stdout
+        assert f"Installed ftlib from {clone}." in result.stdout
+
+
+def test_setup_cell_installs_a_fresh_clone_named_ftlib(tmp_path):
+    """`git clone .../ftlib` makes a folder that imports as an empty namespace package: still not installed."""
+    clone = _clone(tmp_path / "ftlib")
+    result = _run_setup_cell(tmp_path, installed=False)
+    assert result.returncode == 0, result.stderr
+    assert f"'install', '-q', '{clone}', 'ftlib[notebooks]']" in result.stdout, result.stdout
+
+
+def test_setup_cell_does_nothing_where_ftlib_is_importable_from_a_checkout(tmp_path):
+    """ftlib on PYTHONPATH (a checkout used in place, as on an offline GPU machine) needs no install."""
+    checkout = NOTEBOOKS.parent
+    environment = dict(os.environ, PYTHONPATH=str(checkout))
+    result = subprocess.run([sys.executable, "-S", "-c", DRIVER], input=_setup_cell(), cwd=checkout / "notebooks",
+                            env=environment, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "nothing to do" in result.stdout and "pip: []" in result.stdout
+
+
+def test_setup_cell_installs_ftlib_source_when_there_is_no_clone(tmp_path):
+    result = _run_setup_cell(tmp_path, installed=False, source="/uploads/ftlib-0.1.0-py3-none-any.whl")
+    assert result.returncode == 0, result.stderr
+    assert "'install', '-q', '/uploads/ftlib-0.1.0-py3-none-any.whl', 'ftlib[notebooks]']" in result.stdout
+
+
+def test_setup_cell_stops_and_says_what_to_do_without_a_clone_or_ftlib_source(tmp_path):
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "not-ftlib"\n')
+    result = _run_setup_cell(tmp_path, installed=False)
+    assert result.returncode != 0 and "pip:" not in result.stdout
+    message = result.stderr.strip().splitlines()[-1]
+    assert message.startswith("ModuleNotFoundError: ftlib is not installed")
+    assert str(tmp_path) in message and "clone or upload" in message and "FTLIB_SOURCE" in message

@@ -1,9 +1,19 @@
-"""Packaging promises: the README's commands, CI, supported version ranges, the console script."""
+"""Packaging promises: the README's commands, CI, supported version ranges, the console script, and a wheel
+that carries the demo world."""
 
+import json
+import os
 import re
+import shutil
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
+import pytest
 from packaging.requirements import Requirement
+
+from ftlib.demo import load_headlines
 
 try:
     import tomllib
@@ -64,3 +74,86 @@ def test_console_script_and_extras_exist():
     assert project["scripts"]["ftlib"] == "ftlib.cli:main"
     assert {"notebooks", "dev"} <= set(project["optional-dependencies"])
     assert project["requires-python"] == ">=3.10"
+
+
+# --- The wheel: what `pip install git+URL`, a wheel or a clone (non-editable) gives a Colab or Kaggle user ---
+
+DEMO_FILES = ["ftlib-tiny/model.safetensors", "ftlib-tiny/tokenizer.json", "ftlib-tiny/tokenizer_config.json",
+              "ftlib-tiny/config.json", "ftlib-tiny/chat_template.jinja", "headlines/train.jsonl", "headlines/test.jsonl"]
+PIP_ENVIRONMENT = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+
+
+def _build_requirements_installed():
+    from importlib.metadata import PackageNotFoundError, version
+
+    requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]
+    try:
+        return all(Requirement(text).specifier.contains(version(Requirement(text).name)) for text in requires)
+    except PackageNotFoundError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory):
+    """A wheel built from a copy of the checkout (building in place would leave build/ and egg-info behind)."""
+    folder = tmp_path_factory.mktemp("wheel")
+    source = folder / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    for name in ("ftlib", "data"):
+        shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+    command = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(folder / "dist"), str(source)]
+    if _build_requirements_installed():
+        command.append("--no-build-isolation")  # offline; otherwise pip fetches setuptools from PyPI
+    subprocess.run(command, check=True, capture_output=True, text=True, env=PIP_ENVIRONMENT)
+    (built,) = (folder / "dist").glob("ftlib-*.whl")
+    return built
+
+
+def test_wheel_ships_the_demo_world_and_finds_it_outside_the_checkout(wheel, tmp_path):
+    with zipfile.ZipFile(wheel) as archive:
+        sizes = {info.filename: info.file_size for info in archive.infolist()}
+    # every demo file of the checkout, byte for byte the same size, inside the package
+    data = ROOT / "data"
+    checkout_files = [path for folder in ("ftlib-tiny", "headlines") for path in (data / folder).iterdir()]
+    assert {str(path.relative_to(data)) for path in checkout_files} >= set(DEMO_FILES)
+    for path in checkout_files:
+        assert sizes.get(f"ftlib/demo/data/{path.relative_to(data)}") == path.stat().st_size, path
+    # all of ftlib's code (pyproject's package list is complete), and nothing but ftlib: no tests, notebooks, benchmarks
+    modules = {str(path.relative_to(ROOT)) for path in (ROOT / "ftlib").rglob("*.py") if "__pycache__" not in path.parts}
+    assert modules <= set(sizes)
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert {name.split("/")[0] for name in sizes} == {"ftlib", f"ftlib-{version}.dist-info"}
+    code_bytes = sum(size for name, size in sizes.items() if not name.startswith("ftlib/demo/data/"))
+    assert code_bytes < 2_000_000, f"the wheel holds {code_bytes:,} bytes besides the demo data"
+
+    # installed (not editable), run from a folder outside the checkout: the demo model is found inside the install
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target", str(site),
+                    str(wheel)], check=True, capture_output=True, env=PIP_ENVIRONMENT)
+    script = (
+        "import json, sys; sys.path.insert(0, sys.argv[1])\n"
+        "import ftlib.demo\n"
+        "print(json.dumps({'package': ftlib.demo.__file__, 'model': str(ftlib.demo.tiny_model_path()),\n"
+        "                  'test_rows': ftlib.demo.load_headlines('test')}))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script, str(site)], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    assert Path(found["package"]).is_relative_to(site)
+    model = Path(found["model"])
+    assert model.is_relative_to(site / "ftlib" / "demo" / "data")
+    assert (model / "model.safetensors").stat().st_size == (data / "ftlib-tiny" / "model.safetensors").stat().st_size
+    assert found["test_rows"] == load_headlines("test")
+
+
+def test_setup_cell_install_command_resolves_with_the_notebooks_extra(wheel):
+    # What the notebooks' setup cell runs, `pip install <source> "ftlib[notebooks]"`, offline and without installing.
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--dry-run", "--no-index", "-q", "--report", "-", str(wheel),
+         "ftlib[notebooks]"], capture_output=True, text=True, env=PIP_ENVIRONMENT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (ftlib_item,) = [item for item in json.loads(result.stdout)["install"] if item["metadata"]["name"] == "ftlib"]
+    assert ftlib_item["requested_extras"] == ["notebooks"]
+    assert ftlib_item["download_info"]["url"].endswith(wheel.name)

@@ -1,4 +1,4 @@
-"""The offline demo world: a tiny pretrained base model and the headline task, all in data/.
+"""The offline demo world: a tiny pretrained base model and the headline task, in `DATA_FOLDER`.
 
 `load_model("ftlib-tiny")` loads the model from `tiny_model_path()`; `load_headlines("train")`
 returns the task's rows. The scripts that made them live next to this file:
@@ -11,7 +11,12 @@ from pathlib import Path
 from ftlib.errors import FtlibError
 
 DEMO_ALIAS = "ftlib-tiny"
-DATA_FOLDER = Path(__file__).resolve().parents[2] / "data"
+# The data lives in data/ at the repository root; pyproject.toml ships it inside the package as
+# ftlib/demo/data/. So an installed wheel finds it next to this file, and a source checkout (an editable
+# install included) at the repository root.
+INSTALLED_DATA = Path(__file__).resolve().parent / "data"
+CHECKOUT_DATA = Path(__file__).resolve().parents[2] / "data"
+DATA_FOLDER = INSTALLED_DATA if INSTALLED_DATA.is_dir() else CHECKOUT_DATA
 HEADLINE_SPLITS = ("train", "test")
 
 
@@ -40,8 +45,8 @@ def tiny_model_path():
     folder = DATA_FOLDER / DEMO_ALIAS
     if not (folder / "config.json").is_file():
         raise FtlibError(
-            f"the demo model is missing: no config.json in {folder}. It ships with ftlib's source "
-            "checkout; install ftlib from a clone (pip install -e .) or rebuild it with "
+            f"the demo model is missing: no config.json in {folder}. It ships inside ftlib; reinstall "
+            "ftlib from its repository (pip install -e . in a clone) or rebuild the model with "
             "`python -m ftlib.demo.pretrain`"
         )
     return folder
