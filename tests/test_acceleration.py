@@ -318,3 +318,29 @@ def test_fused_lora_matches_peft_in_bfloat16_on_cuda(tiny_path):
     for name, gradient in gradients.items():
         scale = plain_gradients[name].abs().max()
         assert (gradient - plain_gradients[name]).abs().max() <= 0.05 * scale, name
+
+
+@pytest.mark.parametrize("double_quant", [True, False])
+def test_fused_lora_dequantises_exactly_as_bitsandbytes(tiny_path, double_quant, monkeypatch):
+    """The direct operator calls give bitsandbytes' own de-quantised weights, bit for bit."""
+    import bitsandbytes
+
+    from ftlib import models
+    from ftlib.fused_lora import _dequantize_4bit
+
+    plain_config = models._quantization_config
+
+    def config(load_in_4bit, load_in_8bit, dtype):
+        settings = plain_config(load_in_4bit, load_in_8bit, dtype)
+        settings.bnb_4bit_use_double_quant = double_quant
+        return settings
+
+    monkeypatch.setattr(models, "_quantization_config", config)
+    model, _ = models.load_model(tiny_path, load_in_4bit=True, max_seq_length=128)
+    weights = [module.weight for module in model.modules()
+               if getattr(getattr(module, "weight", None), "quant_state", None) is not None]
+    assert len(weights) == 7 * model.config.num_hidden_layers
+    assert all(weight.quant_state.nested == double_quant for weight in weights)
+    for weight in weights:
+        expected = bitsandbytes.functional.dequantize_4bit(weight.data, weight.quant_state)
+        assert torch.equal(_dequantize_4bit(weight.data, weight.quant_state), expected)

@@ -10,11 +10,12 @@ import json
 import random
 from pathlib import Path
 
+from ftlib.demo import CHECKOUT_DATA
 from ftlib.demo.world import BAD_EVENTS, GOOD_EVENTS, company_names, fill
 
 QUESTION = "Headline: {headline}\nDoes this headline impact {company} positively or negatively?"
 LABELS = ("positive", "negative")
-DATA_FOLDER = Path(__file__).resolve().parents[2] / "data" / "headlines"
+OUTPUT_FOLDER = CHECKOUT_DATA / "headlines"  # written into the checkout; a wheel ships a copy
 README = """# headlines: the demo task
 
 Does this headline impact the company positively or negatively? {train} training rows and {test}
@@ -71,7 +72,7 @@ def make_splits(train_size=1024, test_size=64, test_companies=12, seed=0):
     }
 
 
-def write_splits(folder=DATA_FOLDER, **settings):
+def write_splits(folder=OUTPUT_FOLDER, **settings):
     """Write train.jsonl and test.jsonl into `folder`; returns {split: path}.
 
     Example:
@@ -94,7 +95,7 @@ def main():
     parser.add_argument("--train-size", type=int, default=1024)
     parser.add_argument("--test-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--folder", default=str(DATA_FOLDER))
+    parser.add_argument("--folder", default=str(OUTPUT_FOLDER))
     arguments = parser.parse_args()
     paths = write_splits(arguments.folder, train_size=arguments.train_size,
                          test_size=arguments.test_size, seed=arguments.seed)

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import torch
 
-from ftlib.demo import DATA_FOLDER, DEMO_ALIAS
+from ftlib.demo import CHECKOUT_DATA, DEMO_ALIAS
 from ftlib.demo.corpus import make_corpus
 from ftlib.demo.model import build_model
 from ftlib.demo.tokenizer import train_tokenizer
 
-DEFAULT_FOLDER = DATA_FOLDER / DEMO_ALIAS
+DEFAULT_FOLDER = CHECKOUT_DATA / DEMO_ALIAS  # written into the checkout; a wheel ships a copy
 
 
 def pack_blocks(tokenizer, documents, block_size):
