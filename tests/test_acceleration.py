@@ -67,6 +67,8 @@ def test_checkpointing_keeps_loss_and_gradients(tiny_path, mode):
     model = _lora(model, mode)
     assert model.get_base_model().is_gradient_checkpointing
     assert acceleration.gradient_checkpointing_mode(model) == mode
+    checkpoint = model.get_base_model().model.layers[0]._gradient_checkpointing_func
+    assert checkpoint.keywords["use_reentrant"] == (mode is True)  # "offload" needs the non-reentrant form
     loss, gradients = _loss_and_gradients(model, tokenizer)
     assert torch.allclose(loss, plain_loss, atol=1e-6)
     assert gradients.keys() == plain_gradients.keys() and gradients
@@ -344,3 +346,19 @@ def test_fused_lora_dequantises_exactly_as_bitsandbytes(tiny_path, double_quant,
     for weight in weights:
         expected = bitsandbytes.functional.dequantize_4bit(weight.data, weight.quant_state)
         assert torch.equal(_dequantize_4bit(weight.data, weight.quant_state), expected)
+
+
+def test_expandable_segments_only_on_cuda_and_never_over_the_users_settings(monkeypatch):
+    """ftlib asks for growable CUDA segments unless there is no GPU or the user configured the allocator."""
+    calls = []
+    monkeypatch.setattr(torch._C, "_accelerator_setAllocatorSettings", calls.append, raising=False)
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
+    monkeypatch.delenv("PYTORCH_ALLOC_CONF", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert acceleration.use_expandable_segments() is False and calls == []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "max_split_size_mb:128")
+    assert acceleration.use_expandable_segments() is False and calls == []
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF")
+    assert acceleration.use_expandable_segments() is True
+    assert calls == ["expandable_segments:True"]
