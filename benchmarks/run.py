@@ -208,7 +208,7 @@ def _switch_off(names):
         acceleration.use_expandable_segments = lambda: False
     if "liger" in names:
         acceleration.liger_available = lambda: False
-    if "reentrant" in names:  # the non-reentrant form for mode True, as before 2026-11-28 19:30
+    if "reentrant" in names:  # mode True in the non-reentrant form, ftlib's default up to the 18:46 call
         plain_enable = acceleration.enable_gradient_checkpointing
 
         def non_reentrant(model, mode=True):
@@ -547,9 +547,6 @@ def plan(name):
         specs += [_spec(system, eight, dtype="float16", memory_cap_gb=15, steps=3, warmup=1, max_seq_length=65536,
                         longest=65536) for system in SYSTEMS]
         return specs
-    if name == "after-notebooks":  # what fits after the notebooks' GPU run in the same call (no Unsloth there)
-        return [_spec("ftlib", eight, steps=5), _spec("plain", eight, steps=5),
-                _spec("ftlib", eight, steps=5, checkpointing="offload")]
     if name == "unsloth":  # a second call when the first could not import Unsloth
         return [_spec("unsloth", eight, steps=4), _spec("unsloth", one, steps=4)]
     if name == "more":

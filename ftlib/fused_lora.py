@@ -86,7 +86,7 @@ class _LoraProjection(torch.autograd.Function):
 
 
 def _fused_forward(self, x, *args, **kwargs):
-    """PEFT's LoRA forward, taking the fused path when only plain LoRA is active and gradients are on."""
+    """PEFT's LoRA forward, taking the fused path when only plain LoRA is active and the model trains."""
     adapter = self.active_adapters[0] if len(self.active_adapters) == 1 else None
     plain_lora = (
         adapter is not None

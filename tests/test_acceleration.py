@@ -276,14 +276,10 @@ def test_fused_lora_leaves_generation_and_other_adapters_to_peft(tiny_path):
         _LoraProjection.apply = original
 
 
-def tiny_model_again():
+def test_fuse_lora_only_on_a_gpu(tiny_model, tiny_path, monkeypatch):
+    """acceleration.fuse_lora leaves a CPU model alone and records what it did on a (pretend) GPU."""
     from ftlib import load_model
 
-    return load_model("ftlib-tiny", load_in_4bit=False)[0]
-
-
-def test_fuse_lora_only_on_a_gpu(tiny_model, monkeypatch):
-    """acceleration.fuse_lora leaves a CPU model alone and records what it did on a (pretend) GPU."""
     model = _lora(tiny_model[0], True)
     monkeypatch.setattr(acceleration, "model_device_type", lambda model: "cpu")
     assert acceleration.fuse_lora(model) == 0
@@ -291,7 +287,7 @@ def test_fuse_lora_only_on_a_gpu(tiny_model, monkeypatch):
     assert acceleration.fuse_lora(model) == 7 * model.config.num_hidden_layers
     assert "fused_lora" in model.get_base_model().ftlib_acceleration
     monkeypatch.setenv("FTLIB_PLAIN", "1")
-    assert acceleration.fuse_lora(_lora(tiny_model_again(), True)) == 0
+    assert acceleration.fuse_lora(_lora(load_model(tiny_path, load_in_4bit=False)[0], True)) == 0
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
