@@ -23,6 +23,8 @@ def _label(spec):
     extra = []
     if spec.get("checkpointing") == "offload":
         extra.append("offload checkpointing")
+    elif spec.get("checkpointing") is True:
+        extra.append("checkpointing on the GPU")
     if spec.get("padding_free"):
         extra.append("padding-free")
     extra += [f"without {name.replace('_', ' ')}" for name in spec.get("off", ())]
@@ -33,13 +35,16 @@ def _label(spec):
     return spec["system"] + (f" ({', '.join(extra)})" if extra else "")
 
 
-def estimate_for(spec):
+def estimate_for(run):
     """ftlib.estimate_memory for the settings of one run: ftlib's configuration, or the plain recipe's upcasting."""
     from ftlib.memory import estimate_memory
 
+    spec = run["spec"]
+    # the mode the run used; runs before ftlib recorded it had True unless the spec chose another
+    checkpointing = run.get("checkpointing", spec.get("checkpointing", True))
     return estimate_memory(spec["shape"], "qlora" if spec["method"] == "qlora" else "lora",
                            max_seq_length=spec["length"], batch_size=spec["batch"],
-                           gradient_checkpointing=spec.get("checkpointing", True),
+                           gradient_checkpointing=checkpointing,
                            float32_upcasting=spec["system"] == "plain")
 
 
@@ -98,7 +103,7 @@ def tables(results):
                   "| case | estimate GB | measured reserved GB | error | measured allocated GB | error |",
                   "| --- | ---: | ---: | ---: | ---: | ---: |"]
         for run in estimates:
-            estimate = estimate_for(run["spec"]).pytorch_reserved_gb
+            estimate = estimate_for(run).pytorch_reserved_gb
             reserved, allocated = run["peak_reserved_gb"], run["peak_allocated_gb"]
             lines.append(f"| {run['spec']['name']} | {estimate:.2f} | {reserved:.2f} | "
                          f"{100 * (estimate - reserved) / reserved:+.0f}% | {allocated:.2f} | "

@@ -286,7 +286,8 @@ def load_system(spec):
 
         model, tokenizer = load_model(folder, max_seq_length=spec["max_seq_length"], dtype=dtype,
                                       load_in_4bit=quantized)
-        model = add_lora(model, r=16, lora_alpha=16, use_gradient_checkpointing=spec.get("checkpointing", True))
+        chosen = {"use_gradient_checkpointing": spec["checkpointing"]} if "checkpointing" in spec else {}
+        model = add_lora(model, r=16, lora_alpha=16, **chosen)  # without a choice: add_lora's default
         return model, tokenizer, "ftlib.load_model + add_lora"
     # The plain recipe, as most tutorials write it.
     from peft import get_peft_model, prepare_model_for_kbit_training
@@ -342,6 +343,10 @@ def _train(spec, model, tokenizer, rows, meter):
     extra = {"gradient_checkpointing": False}  # already set up (reentrant) above
     trainer = _plain_trainer_class(spec["gpu"])(model=model, processing_class=tokenizer, train_dataset=dataset,
                          args=_sft_config(spec, **extra), callbacks=[meter.callback()])
+    if trainer.args.fp16:  # else TRL 1.15's bf16 adapters stop float16 training at the first step (see ftlib.training)
+        from ftlib.training import keep_adapters_out_of_bfloat16
+
+        keep_adapters_out_of_bfloat16(model)
     trainer.train()
     return "trl SFTTrainer"
 
@@ -411,6 +416,10 @@ def worker(spec):
     result["load_memory"] = _memory(torch)
     result["acceleration"] = list(getattr(model, "ftlib_acceleration", []) or
                                   getattr(getattr(model, "get_base_model", lambda: None)(), "ftlib_acceleration", []))
+    if spec["system"] == "ftlib":
+        from ftlib.acceleration import gradient_checkpointing_mode
+
+        result["checkpointing"] = gradient_checkpointing_mode(model)  # the report's estimate needs the mode used
     vocab = model.get_input_embeddings().weight.shape[0]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     dtype = getattr(torch, spec["dtype"])
@@ -538,14 +547,20 @@ def plan(name):
                 _spec("ftlib", eight, steps=5, off=["fused_lora"]),
                 _spec("ftlib", eight, steps=5, checkpointing="offload"),
                 _spec("ftlib", eight, steps=6, warmup=3, compile=True, off=["liger", "fused_lora"])]
-    if name == "next":  # the new defaults against Unsloth and plain, what each brings, and the variable-length puzzle
+    if name == "next":  # offloading checkpointing as the default, against Unsloth and plain; the free-GPU runs
         specs = [_spec(system, eight, steps=6, warmup=2) for system in SYSTEMS]
-        specs += [_spec("ftlib", eight, steps=6, warmup=2, off=["reentrant"]),
-                  _spec("ftlib", eight, steps=6, warmup=2, checkpointing="offload")]
-        specs += [_spec(system, one, mix="variable", steps=10, warmup=3) for system in SYSTEMS]
-        specs += [_spec("ftlib", one, mix="variable", steps=10, warmup=3, off=["cudnn_attention"])]
+        specs += [_spec("ftlib", eight, steps=6, warmup=2, checkpointing=True)]
         specs += [_spec(system, eight, dtype="float16", memory_cap_gb=15, steps=3, warmup=1, max_seq_length=65536,
                         longest=65536) for system in SYSTEMS]
+        return specs
+    if name == "next2":  # a second look at the default (with a GPU profile), the float16 fix, the rest of the grid
+        specs = [_spec("ftlib", eight, steps=6, warmup=2, profile=True)]
+        specs += [_spec(system, eight, dtype="float16", memory_cap_gb=15, steps=3, warmup=1, max_seq_length=65536,
+                        longest=65536) for system in ("ftlib", "plain")]
+        specs += [_spec(system, one, steps=6, warmup=2) for system in SYSTEMS]
+        specs += [_spec(system, eight, method="lora16", steps=5) for system in SYSTEMS]
+        specs += [_spec(system, one, mix="variable", steps=8, warmup=3) for system in SYSTEMS]
+        specs += [_spec("ftlib", one, mix="variable", steps=8, warmup=3, off=["cudnn_attention"])]
         return specs
     if name == "unsloth":  # a second call when the first could not import Unsloth
         return [_spec("unsloth", eight, steps=4), _spec("unsloth", one, steps=4)]

@@ -11,8 +11,9 @@ The estimate adds up what training keeps on the GPU:
 - gradients: one number per trainable number (float32 for adapters, 16-bit for full fine-tuning).
 - optimizer: AdamW keeps two numbers per trainable number: 8 bytes in float32, 2 bytes in 8-bit AdamW.
 - activations: what the forward pass keeps for the backward pass. With gradient checkpointing only each
-  layer's input (batch x length x hidden x 2 bytes a layer) stays, plus one layer's working set while it
-  is recomputed; without it, every layer's working set stays. Grows linearly with batch x length.
+  layer's input (batch x length x hidden x 2 bytes a layer) stays, in CPU memory with "offload" (add_lora's
+  default), plus one layer's working set while it is recomputed; without it, every layer's working set
+  stays. Grows linearly with batch x length.
 - overhead: the CUDA context (about 0.5 GB, outside PyTorch's own count) and allocator slack.
 
 The per-token working-set constants were fitted to measured peaks on an H200 (benchmarks/README.md lists
@@ -68,7 +69,7 @@ WEIGHT_BYTES = {"qlora": 0.516, "lora_8bit": 1.03, "lora": 2.0, "full": 2.0}  # 
 HIDDEN_TERMS = 4
 INTERMEDIATE_TERMS = 3.4
 LOSS_HIDDEN_BYTES = 20  # bytes per token and hidden unit around the loss (fp32 copies, gradient)
-OFFLOAD_IN_FLIGHT = 4  # layer inputs still on the GPU with offloaded checkpointing (TRL stashes up to 5)
+OFFLOAD_IN_FLIGHT = 1  # layer inputs on the GPU with offloaded checkpointing: the one being recomputed
 CUDA_CONTEXT = 0.5 * GB  # the driver's own share, which PyTorch does not count
 ALLOCATOR_SLACK = 0.05  # reserved but unused blocks, as a fraction of the rest
 
@@ -133,7 +134,7 @@ def estimate_memory(
     batch_size=2,  # activations grow linearly with it too; gradient accumulation costs no memory
     lora_rank=16,  # 8-64: adapters are small either way, a few hundred MB at most
     target_modules=PROJECTIONS,  # the layers that get adapters
-    gradient_checkpointing=True,  # True: keep layer inputs only; "offload": keep them in CPU memory; False: keep all
+    gradient_checkpointing="offload",  # add_lora's default: layer inputs in CPU memory; True: on the GPU; False: keep all
     optimizer="adamw_8bit",  # "adamw_8bit" (2 bytes a trainable number) or "adamw" (8 bytes)
     dtype_bytes=2,  # 2 for bf16/fp16 compute; 4 for float32 (CPU)
     float32_upcasting=False,  # True models the plain recipe's prepare_model_for_kbit_training (fp32 norms/embeddings)

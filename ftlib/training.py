@@ -1,5 +1,6 @@
 """Step 6 of the guide: train, on TRL's SFTTrainer, and keep a history a plot or a diagnosis can read."""
 
+import functools
 import math
 import time
 from contextlib import contextmanager
@@ -138,6 +139,8 @@ def train(
             callbacks=all_callbacks,
         )
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; the progress line replaces it
+    if config.fp16:
+        keep_adapters_out_of_bfloat16(model)
     model.config.use_cache = False  # the generation cache only costs memory while training
     started = time.perf_counter()
     try:
@@ -250,7 +253,29 @@ def _trainer_class():
             input_ids = inputs.get("input_ids")
             return 6 * input_ids.numel() * self._ftlib_parameter_count if input_ids is not None else 0
 
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            # transformers calls model.train() before every micro-batch: one more walk over every module, about
+            # 30 ms for an 8B model with adapters. Once this trainer has switched the model to training mode, the
+            # call is skipped while the model stays in it (evaluation switches it to eval mode, so the first
+            # micro-batch after an evaluation switches it back). A fresh PeftModel says training while its base
+            # model is in eval mode, hence the first real call.
+            if not (model.training and getattr(self, "_ftlib_switched_to_training", False)):
+                self._ftlib_switched_to_training = True
+                return super().training_step(model, inputs, num_items_in_batch)
+            model.train = functools.partial(_train_unless_training, model)  # shadows nn.Module.train, this call only
+            try:
+                return super().training_step(model, inputs, num_items_in_batch)
+            finally:
+                del model.train
+
     return FtlibTrainer
+
+
+def _train_unless_training(model, mode=True):
+    """model.train(mode), skipped when it would not change the model's mode."""
+    if mode and model.training:
+        return model
+    return type(model).train(model, mode)
 
 
 def _prepare_datasets(dataset, eval_dataset, tokenizer, max_seq_length):
@@ -309,6 +334,23 @@ def _check_settings(batch, accumulation, max_steps, epochs, learning_rate, warmu
 
 def _planned_steps(examples, batch, accumulation, epochs):
     return max(1, math.ceil(math.ceil(examples / batch) / accumulation * epochs))
+
+
+def keep_adapters_out_of_bfloat16(model):
+    """Put trainable bf16 weights back in float32, for float16 training; returns how many were changed.
+
+    Example: `keep_adapters_out_of_bfloat16(model)  # after building TRL's trainer on a T4`
+
+    TRL 1.15's SFTTrainer turns a quantised model's LoRA weights into bf16, whatever the compute dtype. A
+    float16 run (a T4 has no bf16) then fails at its first optimizer step, because the float16 loss scaler
+    cannot unscale bf16 gradients; float32 adapters are what PEFT makes and what the scaler expects.
+    """
+    changed = 0
+    for parameter in model.parameters():
+        if parameter.requires_grad and parameter.dtype == torch.bfloat16:
+            parameter.data = parameter.data.float()
+            changed += 1
+    return changed
 
 
 def _compute_dtype(model):

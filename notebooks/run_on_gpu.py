@@ -7,7 +7,8 @@ published architecture numbers; the tiny demo model's tokenizer, since no downlo
 points FTLIB_MODEL at it, so the notebooks load a real-sized model in 4 bits. Speed and memory do not
 depend on the weights' values, so this measures what a real 1B model would need. Outputs are not
 compared with the saved ones (those belong to the tiny model): a notebook passes when every cell runs.
-Each notebook runs in its own kernel; the peak is PyTorch's max_memory_reserved inside that kernel.
+Each notebook runs in its own kernel; the peak is PyTorch's max_memory_reserved inside that kernel. Each
+code cell's time goes to OUT_FOLDER/<notebook>.log as it finishes and into the result.
 """
 
 import json
@@ -56,12 +57,17 @@ def run_one(path, out_folder):
 
     notebook = nbformat.read(path, as_version=4)
     client = NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(HERE)}})
-    result = {"notebook": path.name, "passed": False, "error": None, "seconds": None, "peak_reserved_gb": None}
+    result = {"notebook": path.name, "passed": False, "error": None, "seconds": None, "peak_reserved_gb": None,
+              "cell_seconds": {}}
     started = time.time()
     with client.setup_kernel():
         try:
             for index, cell in enumerate(notebook.cells):
+                cell_started = time.time()
                 client.execute_cell(cell, index)
+                if cell.cell_type == "code":  # logged as it goes, so a run stopped at the deadline still shows where
+                    result["cell_seconds"][index] = round(time.time() - cell_started, 1)
+                    print(f"{path.name} cell {index}: {result['cell_seconds'][index]} s", flush=True)
             result["passed"] = True
         except CellExecutionError as error:
             result["error"] = f"cell {index}: {str(error).strip().splitlines()[-1][:300]}"

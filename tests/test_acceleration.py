@@ -1,7 +1,7 @@
 """ftlib.acceleration keeps the math: on the same batch, each option's loss equals the plain path's.
 
-On a CPU the GPU-only options (Liger kernels, 8-bit AdamW, activation offloading) must switch themselves
-off without an error; the options that exist here (non-reentrant checkpointing, padding-free batching)
+On a CPU the GPU-only options (Liger kernels, 8-bit AdamW, fused LoRA) must switch themselves off without
+an error; the options that exist here (both checkpointing forms, padding-free batching)
 must give the same loss and gradients as the plain path. The benchmark's CPU smoke mode runs here too.
 """
 
@@ -13,6 +13,7 @@ import torch
 
 from ftlib import acceleration
 from ftlib.errors import FtlibError
+from ftlib.offloaded_checkpoint import offloaded_checkpoint
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -68,14 +69,16 @@ def test_checkpointing_keeps_loss_and_gradients(tiny_path, mode):
     assert model.get_base_model().is_gradient_checkpointing
     assert acceleration.gradient_checkpointing_mode(model) == mode
     checkpoint = model.get_base_model().model.layers[0]._gradient_checkpointing_func
-    assert checkpoint.keywords["use_reentrant"] == (mode is True)  # "offload" needs the non-reentrant form
+    if mode is True:
+        assert checkpoint.keywords["use_reentrant"] is True
+    else:  # ftlib's own function, which is PyTorch's reentrant checkpoint for a layer on the CPU
+        assert checkpoint is offloaded_checkpoint
     loss, gradients = _loss_and_gradients(model, tokenizer)
     assert torch.allclose(loss, plain_loss, atol=1e-6)
     assert gradients.keys() == plain_gradients.keys() and gradients
     for name, gradient in gradients.items():
         assert torch.allclose(gradient, plain_gradients[name], atol=1e-6, rtol=1e-4), name
-    # "offload" moves activations to CPU memory: meaningless on a CPU, so the trainer gets no such setting
-    assert "activation_offloading" not in acceleration.trainer_settings(model)
+    assert "activation_offloading" not in acceleration.trainer_settings(model)  # ftlib offloads, not TRL
 
 
 def test_padding_free_batch_gives_the_padded_loss(tiny_model):
@@ -199,14 +202,12 @@ def test_failing_kernels_fall_back_to_the_plain_model(tiny_model, monkeypatch):
 
 
 def test_gpu_settings_when_on_cuda(tiny_model, monkeypatch):
-    """On a GPU: 8-bit AdamW, and activation offloading only in "offload" mode (checked without a GPU)."""
+    """On a GPU: 8-bit AdamW; offloading is ftlib's checkpoint function, never TRL's hooks (checked without a GPU)."""
     model, _ = tiny_model
-    acceleration.enable_gradient_checkpointing(model, "offload")
     monkeypatch.setattr(acceleration, "model_device_type", lambda model: "cuda")
-    settings = acceleration.trainer_settings(model)
-    assert settings["optim"] == "adamw_8bit" and settings["activation_offloading"] is True
-    acceleration.enable_gradient_checkpointing(model, True)
-    assert "activation_offloading" not in acceleration.trainer_settings(model)
+    for mode in (True, "offload"):
+        acceleration.enable_gradient_checkpointing(model, mode)
+        assert acceleration.trainer_settings(model) == {"optim": "adamw_8bit"}
 
 
 def _lora_with_nonzero_update(model, checkpointing=True):

@@ -215,3 +215,22 @@ def test_flop_count_takes_the_parameter_count_once(tiny_model):
     flops = [_trainer_class().floating_point_ops(trainer, inputs) for _ in range(5)]
     assert flops == [6 * 2 * 37 * expected_count] * 5
     assert calls == [{"exclude_embeddings": True}]
+
+
+def test_model_stays_in_training_mode_without_a_walk_per_micro_batch(tiny_model, headline_rows, monkeypatch):
+    """transformers' model.train() before each micro-batch is skipped while the model already trains, not after
+    an evaluation (which leaves it in eval mode); every training forward pass still sees training mode."""
+    model, tokenizer = tiny_model
+    model = add_lora(model, use_gradient_checkpointing=False)
+    switches, modes = [], []
+    real_train = torch.nn.Module.train
+    monkeypatch.setattr(torch.nn.Module, "train",
+                        lambda module, mode=True: (switches.append(mode) if module is model else None)
+                        or real_train(module, mode))
+    model.get_base_model().register_forward_pre_hook(
+        lambda module, arguments: modes.append(module.training) if torch.is_grad_enabled() else None)
+    splits = format_dataset(headline_rows[:40], tokenizer, test_size=0.2)
+    train(model, tokenizer, splits, max_steps=4, gradient_accumulation_steps=3, eval_steps=2, verbose=False)
+    assert len(modes) == 4 * 3 and all(modes)  # 12 micro-batches, all in training mode
+    assert switches.count(True) <= 4  # the trainer's own call and one after each of the two evaluations
+    assert "train" not in vars(model)  # the stand-in is gone: model.train() is PyTorch's again

@@ -222,7 +222,7 @@ def test_out_of_memory_message_names_figures_and_fixes_for_the_settings():
     assert "per_device_train_batch_size=4 with gradient_accumulation_steps=2" in message
     assert "max_seq_length=2048" in message
     assert "load_in_4bit=True" in message
-    assert "use_gradient_checkpointing=True" in message
+    assert "use_gradient_checkpointing=\"offload\") (the default)" in message
     assert "r=16" in message
 
     quantised = safety.out_of_memory_message(
@@ -246,3 +246,15 @@ def test_interrupt_message_says_how_to_resume(tmp_path):
     for step in (5, 10):
         (tmp_path / f"checkpoint-{step}").mkdir()
     assert safety.last_checkpoint(tmp_path).endswith("checkpoint-10")
+
+
+def test_float16_training_gets_float32_adapters_back():
+    """TRL 1.15 makes a quantised model's adapters bf16; a float16 run needs them in float32 for its loss scaler."""
+    from ftlib.training import keep_adapters_out_of_bfloat16
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)).to(torch.bfloat16)
+    model[0].requires_grad_(False)  # a frozen bf16 layer stays as it is
+    assert keep_adapters_out_of_bfloat16(model) == 2
+    assert model[1].weight.dtype == torch.float32 and model[1].bias.dtype == torch.float32
+    assert model[0].weight.dtype == torch.bfloat16
+    assert keep_adapters_out_of_bfloat16(model) == 0

@@ -1,0 +1,143 @@
+"""Gradient checkpointing whose saved layer inputs wait in CPU memory: the "offload" mode on a CUDA GPU.
+
+Checkpointing keeps one tensor per decoder layer through the forward pass, the layer's input, and
+recomputes the rest in the backward pass. For an 8B model at 2 x 2,048 tokens those inputs take 32 x
+16.8 MB = 0.54 GB of GPU memory. Here each one is copied to pinned (page-locked) CPU memory as the layer
+runs and copied back just before the layer is recomputed. Neither copy makes the CPU wait: the copy out
+runs on a side stream beside the layer's kernels, the copy back is queued ahead of the recomputation.
+
+PyTorch's own tools for this (`torch.autograd.graph.save_on_cpu`, TRL's activation offloading) hook
+every saved tensor, and `save_on_cpu` copies to the CPU synchronously; a layer-level autograd function
+is one copy each way and no hooks. The recomputation sees what the first pass saw: the same autocast
+settings and the same random-number state (so dropout draws the same mask).
+
+Pinned memory cannot be swapped out, and long sequences need a lot of it (8B at 32k tokens: 8.6 GB, more
+than a free Colab machine has). So layer inputs go to the CPU only while they fit in half of the CPU
+memory that was available when the forward pass began; the rest stay on the GPU, with one warning.
+"""
+
+import warnings
+import weakref
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+CPU_MEMORY_SHARE = 0.5  # 0.3-0.7: the share of available CPU memory that parked layer inputs may take
+_COPY_STREAMS = {}  # one side stream per GPU for the copies to the CPU
+
+
+class _Parking:
+    """Bytes of layer inputs waiting in CPU memory now, and how many may."""
+
+    parked = 0
+    allowed = None  # None: no limit known
+    warned = False
+
+
+def _available_cpu_memory():
+    """Bytes of CPU memory the system could give now (Linux's MemAvailable); None where unknown."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _room_in_cpu_memory(size):
+    """True when `size` more bytes of layer inputs may be parked in CPU memory."""
+    if _Parking.parked == 0:  # a new forward pass: look at the machine again
+        available = _available_cpu_memory()
+        _Parking.allowed = None if available is None else CPU_MEMORY_SHARE * available
+    if _Parking.allowed is None or _Parking.parked + size <= _Parking.allowed:
+        return True
+    if not _Parking.warned:
+        _Parking.warned = True
+        warnings.warn(f"CPU memory is short: {_Parking.allowed / 2**30:.1f} GB may hold offloaded layer inputs, so "
+                      "the rest stay on the GPU. Training goes on; a shorter max_seq_length or a machine with "
+                      "more memory would offload them all.", stacklevel=3)
+    return False
+
+
+def _park(tensor):
+    """Count `tensor` as parked until it is freed."""
+    size = tensor.numel() * tensor.element_size()
+    _Parking.parked += size
+    weakref.finalize(tensor, _unpark, size)
+
+
+def _unpark(size):
+    _Parking.parked -= size
+
+
+def _copy_stream(device):
+    if device not in _COPY_STREAMS:
+        _COPY_STREAMS[device] = torch.cuda.Stream(device)
+    return _COPY_STREAMS[device]
+
+
+class _OffloadedLayer(torch.autograd.Function):
+    """Run `run(hidden, *rest)` without keeping activations; park `hidden` on the CPU for the backward pass."""
+
+    @staticmethod
+    def forward(ctx, run, hidden, *rest):
+        device = hidden.device
+        ctx.run, ctx.rest, ctx.device, ctx.needs_input_gradient = run, rest, device, hidden.requires_grad
+        ctx.autocast = (torch.is_autocast_enabled(device.type), torch.get_autocast_dtype(device.type),
+                        torch.is_autocast_cache_enabled())
+        ctx.random_state = torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+        ctx.parked = torch.empty(hidden.shape, dtype=hidden.dtype, pin_memory=device.type == "cuda")
+        _park(ctx.parked)
+        if device.type == "cuda":
+            stream = _copy_stream(device)
+            stream.wait_stream(torch.cuda.current_stream(device))  # hidden is complete before it is copied
+            with torch.cuda.stream(stream):
+                ctx.parked.copy_(hidden, non_blocking=True)
+            hidden.record_stream(stream)  # its GPU memory is not reused before the copy has read it
+        else:
+            ctx.parked.copy_(hidden)
+        return run(hidden, *rest)  # autograd is off inside forward: nothing inside the layer is kept
+
+    @staticmethod
+    def backward(ctx, *output_gradients):
+        device, run, rest = ctx.device, ctx.run, ctx.rest
+        on_gpu = device.type == "cuda"
+        if on_gpu:
+            torch.cuda.current_stream(device).wait_stream(_copy_stream(device))  # the copy out has finished
+        hidden = ctx.parked.to(device, non_blocking=True).requires_grad_(ctx.needs_input_gradient)
+        ctx.parked = ctx.run = ctx.rest = None
+        enabled, dtype, cache = ctx.autocast
+        with torch.random.fork_rng(devices=[device] if on_gpu else []), \
+                torch.enable_grad(), torch.autocast(device.type, enabled=enabled, dtype=dtype, cache_enabled=cache):
+            if on_gpu:
+                torch.cuda.set_rng_state(ctx.random_state, device)
+            else:
+                torch.set_rng_state(ctx.random_state)
+            outputs = run(hidden, *rest)
+        outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+        pairs = [(output, gradient) for output, gradient in zip(outputs, output_gradients)
+                 if isinstance(output, torch.Tensor) and output.requires_grad and gradient is not None]
+        if pairs:
+            torch.autograd.backward([output for output, _ in pairs], [gradient for _, gradient in pairs])
+        return (None, hidden.grad if ctx.needs_input_gradient else None) + (None,) * len(rest)
+
+
+def offloaded_checkpoint(run, hidden, *rest, **keywords):
+    """Checkpoint one layer call, keeping its input in CPU memory (CUDA); transformers calls it per layer.
+
+    Example: `model.gradient_checkpointing_enable(); layer._gradient_checkpointing_func = offloaded_checkpoint`
+
+    Falls back to PyTorch's reentrant checkpoint (the input stays on the GPU) where the input is not a CUDA
+    tensor, another positional argument needs a gradient (transformers passes those as keywords, bound into
+    `run`) or CPU memory is short, and runs the layer directly when nothing records gradients (evaluation
+    inside a training-mode model).
+    """
+    if not torch.is_grad_enabled():
+        return run(hidden, *rest, **keywords)
+    other_gradients = any(isinstance(value, torch.Tensor) and value.requires_grad for value in rest)
+    if (keywords or other_gradients or not (isinstance(hidden, torch.Tensor) and hidden.is_cuda)
+            or not _room_in_cpu_memory(hidden.numel() * hidden.element_size())):
+        return checkpoint(run, hidden, *rest, use_reentrant=True, **keywords)
+    return _OffloadedLayer.apply(run, hidden, *rest)
