@@ -562,6 +562,12 @@ def plan(name):
         specs += [_spec(system, one, mix="variable", steps=8, warmup=3) for system in SYSTEMS]
         specs += [_spec("ftlib", one, mix="variable", steps=8, warmup=3, off=["cudnn_attention"])]
         return specs
+    if name == "rest":  # what no call has measured yet: variable lengths beside plain and Unsloth; the 8B trio again
+        specs = [_spec(system, one, mix="variable", steps=8, warmup=3) for system in SYSTEMS]
+        specs += [_spec("ftlib", one, mix="variable", steps=8, warmup=3, off=["cudnn_attention"])]
+        specs += [_spec(system, eight, steps=6, warmup=2) for system in SYSTEMS]
+        specs += [_spec("ftlib", eight, steps=6, warmup=2, checkpointing=True)]
+        return specs
     if name == "unsloth":  # a second call when the first could not import Unsloth
         return [_spec("unsloth", eight, steps=4), _spec("unsloth", one, steps=4)]
     if name == "more":
@@ -571,7 +577,7 @@ def plan(name):
         specs += [_spec(system, one, mix="variable") for system in SYSTEMS]
         specs += [_spec(system, one, method="lora16") for system in SYSTEMS]
         return specs
-    raise SystemExit(f"unknown plan {name!r}: use smoke, main, more, next, explore, explore2 or unsloth")
+    raise SystemExit(f"unknown plan {name!r}: use smoke, main, more, next, next2, rest, explore, explore2 or unsloth")
 
 
 # ---------------------------------------------------------------------------------------------------------
