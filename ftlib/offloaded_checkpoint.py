@@ -13,7 +13,9 @@ settings and the same random-number state (so dropout draws the same mask).
 
 Pinned memory cannot be swapped out, and long sequences need a lot of it (8B at 32k tokens: 8.6 GB, more
 than a free Colab machine has). So layer inputs go to the CPU only while they fit in half of the CPU
-memory that was available when the forward pass began; the rest stay on the GPU, with one warning.
+memory that was available at the first one; the rest stay on the GPU, with one warning. The limit is taken
+once: PyTorch keeps freed pinned memory for reuse, so later readings would count ftlib's own parking space
+as used.
 """
 
 import warnings
@@ -31,6 +33,7 @@ class _Parking:
 
     parked = 0
     allowed = None  # None: no limit known
+    measured = False
     warned = False
 
 
@@ -48,9 +51,10 @@ def _available_cpu_memory():
 
 def _room_in_cpu_memory(size):
     """True when `size` more bytes of layer inputs may be parked in CPU memory."""
-    if _Parking.parked == 0:  # a new forward pass: look at the machine again
+    if not _Parking.measured:
         available = _available_cpu_memory()
         _Parking.allowed = None if available is None else CPU_MEMORY_SHARE * available
+        _Parking.measured = True
     if _Parking.allowed is None or _Parking.parked + size <= _Parking.allowed:
         return True
     if not _Parking.warned:

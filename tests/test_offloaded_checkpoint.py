@@ -155,19 +155,21 @@ def test_parked_bytes_are_counted_until_the_backward_pass_frees_them():
 def test_short_cpu_memory_keeps_inputs_on_the_gpu_with_one_warning(monkeypatch):
     from ftlib import offloaded_checkpoint as module
 
-    monkeypatch.setattr(module._Parking, "parked", 0)
-    monkeypatch.setattr(module._Parking, "warned", False)
-    monkeypatch.setattr(module, "_available_cpu_memory", lambda: 10 * 2**20)  # 10 MB free: 5 MB may be parked
-    assert module._room_in_cpu_memory(4 * 2**20)
+    for name, value in (("parked", 0), ("measured", False), ("warned", False)):
+        monkeypatch.setattr(module._Parking, name, value)
+    readings = iter([10 * 2**20, 2**40])  # 10 MB free at the first park; later readings must not matter
+    monkeypatch.setattr(module, "_available_cpu_memory", lambda: next(readings))
+    assert module._room_in_cpu_memory(4 * 2**20)  # half of 10 MB may be parked
     monkeypatch.setattr(module._Parking, "parked", 4 * 2**20)
     with pytest.warns(UserWarning, match="CPU memory is short: 0.0 GB .* the rest stay on the GPU"):
         assert not module._room_in_cpu_memory(4 * 2**20)
+    monkeypatch.setattr(module._Parking, "parked", 0)  # the next forward pass, with the same limit
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        assert not module._room_in_cpu_memory(4 * 2**20)
+        assert module._room_in_cpu_memory(4 * 2**20) and not module._room_in_cpu_memory(6 * 2**20)
     assert caught == []  # one warning per process, not one per layer
+    monkeypatch.setattr(module._Parking, "measured", False)
     monkeypatch.setattr(module, "_available_cpu_memory", lambda: None)  # unknown: no limit
-    monkeypatch.setattr(module._Parking, "parked", 0)
     assert module._room_in_cpu_memory(2**40)
 
 
