@@ -183,13 +183,9 @@ def enable_gradient_checkpointing(model, mode=True):
     the same loss and gradients; the frozen embedding layer's output is made to require gradients so the
     checkpointed layers pass gradients on to the adapters.
     """
-    if mode not in (True, False, "offload"):
-        from ftlib.errors import FtlibError
+    from ftlib.checks import check_checkpointing
 
-        raise FtlibError(
-            f"use_gradient_checkpointing must be True, False or 'offload', got {mode!r}: "
-            "try True (saves memory, ~25% slower) or 'offload' (saves the most memory)"
-        )
+    check_checkpointing("use_gradient_checkpointing", mode)
     base = _base_model(model)
     base._ftlib_gradient_checkpointing = mode
     if not mode:

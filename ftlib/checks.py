@@ -19,3 +19,17 @@ def check_positive(name, value, hint, whole=True, allow_none=False):
         what = "a positive whole number" if whole else "a positive number"
         or_none = " or None" if allow_none else ""
         raise FtlibError(f"{name} must be {what}{or_none}, got {value!r}: try {hint}")
+
+
+CHECKPOINTING_MODES = (True, False, "offload")
+
+
+def check_checkpointing(name, value):
+    """Raise FtlibError unless `value` is a gradient-checkpointing mode: True, False or "offload".
+
+    Example: `check_checkpointing("use_gradient_checkpointing", "yes")  # FtlibError naming the three modes`
+    """
+    if not any(value is mode or (isinstance(mode, str) and value == mode) for mode in CHECKPOINTING_MODES):
+        raise FtlibError(f"{name} must be True, False or 'offload', got {value!r}: try 'offload' (the default, "
+                         "least GPU memory), True (layer inputs stay on the GPU, a little faster) or False "
+                         "(nothing recomputed, the most memory)")

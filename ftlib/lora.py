@@ -3,7 +3,7 @@
 import torch
 
 from ftlib import acceleration
-from ftlib.checks import check_positive
+from ftlib.checks import check_checkpointing, check_positive
 from ftlib.errors import FtlibError
 
 # The attention and MLP projections of Llama-style models: adapting all seven works best for most tasks.
@@ -46,10 +46,7 @@ def add_lora(
     check_positive("lora_alpha", lora_alpha, f"lora_alpha={r} (at least the rank)", whole=False)
     if not isinstance(lora_dropout, (int, float)) or not 0 <= lora_dropout < 1:
         raise FtlibError(f"lora_dropout must be at least 0 and below 1, got {lora_dropout!r}: try 0.0 or 0.05")
-    if use_gradient_checkpointing not in (True, False, "offload"):
-        raise FtlibError(
-            f"use_gradient_checkpointing must be True, False or 'offload', got {use_gradient_checkpointing!r}"
-        )
+    check_checkpointing("use_gradient_checkpointing", use_gradient_checkpointing)  # before the model changes
     target_modules = _check_targets(model, target_modules)
 
     from peft import LoraConfig, get_peft_model

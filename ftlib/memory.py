@@ -25,7 +25,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ftlib.checks import check_positive
+from ftlib.checks import check_checkpointing, check_positive
 from ftlib.demo import DEMO_ALIAS
 from ftlib.errors import FtlibError
 
@@ -152,8 +152,7 @@ def estimate_memory(
     check_positive("max_seq_length", max_seq_length, "max_seq_length=2048")
     check_positive("batch_size", batch_size, "batch_size=2")
     check_positive("lora_rank", lora_rank, "lora_rank=16")
-    if gradient_checkpointing not in (True, False, "offload"):
-        raise FtlibError(f"gradient_checkpointing must be True, False or 'offload', got {gradient_checkpointing!r}")
+    check_checkpointing("gradient_checkpointing", gradient_checkpointing)
     if optimizer not in ("adamw_8bit", "adamw"):
         raise FtlibError(f"optimizer must be 'adamw_8bit' or 'adamw', got {optimizer!r}: try 'adamw_8bit'")
 

@@ -67,9 +67,8 @@ def _room_in_cpu_memory(size):
 
 def _park(tensor):
     """Count `tensor` as parked until it is freed."""
-    size = tensor.numel() * tensor.element_size()
-    _Parking.parked += size
-    weakref.finalize(tensor, _unpark, size)
+    _Parking.parked += tensor.nbytes
+    weakref.finalize(tensor, _unpark, tensor.nbytes)
 
 
 def _unpark(size):
@@ -142,6 +141,6 @@ def offloaded_checkpoint(run, hidden, *rest, **keywords):
         return run(hidden, *rest, **keywords)
     other_gradients = any(isinstance(value, torch.Tensor) and value.requires_grad for value in rest)
     if (keywords or other_gradients or not (isinstance(hidden, torch.Tensor) and hidden.is_cuda)
-            or not _room_in_cpu_memory(hidden.numel() * hidden.element_size())):
+            or not _room_in_cpu_memory(hidden.nbytes)):
         return checkpoint(run, hidden, *rest, use_reentrant=True, **keywords)
     return _OffloadedLayer.apply(run, hidden, *rest)

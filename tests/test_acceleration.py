@@ -127,6 +127,11 @@ def test_bad_checkpointing_mode_names_the_choices(tiny_model):
     model, _ = tiny_model
     with pytest.raises(FtlibError, match="True, False or 'offload'"):
         acceleration.enable_gradient_checkpointing(model, "sometimes")
+    from ftlib import add_lora
+
+    with pytest.raises(FtlibError, match="got 1: try 'offload'"):  # 1 is not True: a typo, not a mode
+        add_lora(model, use_gradient_checkpointing=1)
+    assert not hasattr(model, "peft_config") and not model.is_gradient_checkpointing  # the model is untouched
 
 
 def test_checkpointing_off_turns_it_off(tiny_model):
