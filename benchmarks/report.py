@@ -32,6 +32,8 @@ def _label(spec):
         extra.append("layers compiled")
     if spec.get("profile"):
         extra.append(f"{'Python' if spec['profile'] == 'python' else 'GPU'} profile of one more step")
+    if spec.get("repeat"):
+        extra.append(f"run {spec['repeat']}, compared with the other systems' run {spec['repeat']}")
     return spec["system"] + (f" ({', '.join(extra)})" if extra else "")
 
 
@@ -62,9 +64,9 @@ def tables(results):
     for case, runs in by_case.items():
         variants = ("checkpointing", "padding_free", "off", "compile")
         reference = {}
-        for run in runs:  # the first run of each system with its default settings
+        for run in runs:  # the first run of each system with its default settings (of each repeat)
             if "error" not in run and not any(run["spec"].get(key) for key in variants):
-                reference.setdefault(run["spec"]["system"], run)
+                reference.setdefault((run["spec"]["system"], run["spec"].get("repeat")), run)
         for run in runs:
             spec = run["spec"]
             name = f"{case[0]} {case[1]} {case[2]} {case[3]} {case[4]}" + (f" cap {case[5]} GiB" if case[5] else "")
@@ -76,7 +78,7 @@ def tables(results):
             ratios = []
             for other, key in (("plain", "tokens_per_second"), ("unsloth", "tokens_per_second"),
                                ("unsloth", "peak_reserved_gb")):
-                base = reference.get(other)
+                base = reference.get((other, spec.get("repeat"))) or reference.get((other, None))
                 ratios.append(f"{run[key] / base[key]:.2f}x" if base and base.get(key) and run.get(key) else "")
             lines.append(
                 f"| {name} | {_label(spec)} | {run['tokens_per_second']:,.0f} | {run.get('peak_reserved_gb', 0):.2f} | "

@@ -219,6 +219,10 @@ def _switch_off(names):
             return model
 
         acceleration.enable_gradient_checkpointing = non_reentrant
+    if "prefetch" in names:  # offloaded inputs copied back when their layer's backward starts, not a layer early
+        from ftlib.offloaded_checkpoint import _ParkedInput
+
+        _ParkedInput.prefetch_earlier = lambda parked, in_use: None
     if "cudnn_attention" in names:  # PyTorch's SDPA then picks flash or memory-efficient attention instead
         import torch
 
@@ -323,7 +327,8 @@ def _train(spec, model, tokenizer, rows, meter):
         trainer = _plain_trainer_class(spec["gpu"])(
             model=model, processing_class=tokenizer, train_dataset=dataset,
             args=_sft_config(spec, gradient_checkpointing=False, **settings), callbacks=[meter.callback()])
-        trainer.train()
+        with acceleration.attention_suited_to(model, [dataset], spec["length"]):
+            trainer.train()
         return f"trl SFTTrainer with ftlib.acceleration.trainer_settings(padding_free=True) = {settings}"
     if spec["system"] == "ftlib":
         from ftlib import train
@@ -507,7 +512,8 @@ def _spec(system, shape, method="qlora", mix="fixed", length=2048, **extra):
         "no-" + "-no-".join(spec["off"]) if spec.get("off") else "",
         f"ckpt-{spec['checkpointing']}" if "checkpointing" in spec else "",
         "compiled" if spec.get("compile") else "", f"profile-{spec['profile']}" if spec.get("profile") else "",
-        "padding-free" if spec.get("padding_free") else "") if part)
+        "padding-free" if spec.get("padding_free") else "", f"run{spec['repeat']}" if spec.get("repeat") else "")
+        if part)
     return spec
 
 
@@ -562,12 +568,27 @@ def plan(name):
         specs += [_spec(system, one, mix="variable", steps=8, warmup=3) for system in SYSTEMS]
         specs += [_spec("ftlib", one, mix="variable", steps=8, warmup=3, off=["cudnn_attention"])]
         return specs
-    if name == "rest":  # what no call has measured yet: variable lengths beside plain and Unsloth; the 8B trio again
-        specs = [_spec(system, one, mix="variable", steps=8, warmup=3) for system in SYSTEMS]
-        specs += [_spec("ftlib", one, mix="variable", steps=8, warmup=3, off=["cudnn_attention"])]
-        specs += [_spec(system, eight, steps=6, warmup=2) for system in SYSTEMS]
+    if name == "rest":  # the 8B trio with the copy back one layer early; variable lengths beside plain and Unsloth
+        specs = [_spec(system, eight, steps=6, warmup=2) for system in SYSTEMS]
         specs += [_spec("ftlib", eight, steps=6, warmup=2, checkpointing=True)]
-        return specs
+        specs += [_spec(system, one, mix="variable", steps=8, warmup=3) for system in SYSTEMS]
+        specs += [_spec("ftlib", one, mix="variable", steps=8, warmup=3, off=["cudnn_attention"])]
+        specs += [_spec(system, eight, steps=6, warmup=2, repeat=2) for system in ("ftlib", "unsloth")]
+        return specs + [_spec("ftlib", eight, steps=6, warmup=2, profile=True)]
+    if name == "prefetch":  # the copy back a layer early, on and off, beside Unsloth, twice; lengths-aware attention
+        specs = []
+        for repeat in (1, 2):
+            specs += [_spec("ftlib", eight, steps=6, warmup=2, repeat=repeat),
+                      _spec("ftlib", eight, steps=6, warmup=2, repeat=repeat, off=["prefetch"]),
+                      _spec("unsloth", eight, steps=6, warmup=2, repeat=repeat)]
+        specs += [_spec("ftlib", one, mix="variable", steps=8, warmup=3),
+                  _spec("ftlib", eight, mix="variable", padding_free=True, steps=6, warmup=2)]
+        return specs + [_spec("ftlib", eight, steps=6, warmup=2, profile=True)]
+    if name == "final":  # the 8B trio with fixed return buffers; variable lengths with lengths-aware attention
+        specs = [_spec(system, eight, steps=6, warmup=2) for system in SYSTEMS]
+        specs += [_spec("ftlib", eight, steps=6, warmup=2, checkpointing=True)]
+        specs += [_spec(system, one, mix="variable", steps=8, warmup=3) for system in SYSTEMS]
+        return specs + [_spec(system, eight, steps=6, warmup=2, repeat=2) for system in ("ftlib", "unsloth")]
     if name == "unsloth":  # a second call when the first could not import Unsloth
         return [_spec("unsloth", eight, steps=4), _spec("unsloth", one, steps=4)]
     if name == "more":
@@ -577,7 +598,7 @@ def plan(name):
         specs += [_spec(system, one, mix="variable") for system in SYSTEMS]
         specs += [_spec(system, one, method="lora16") for system in SYSTEMS]
         return specs
-    raise SystemExit(f"unknown plan {name!r}: use smoke, main, more, next, next2, rest, explore, explore2 or unsloth")
+    raise SystemExit(f"unknown plan {name!r}: use smoke, main, more, next, next2, rest, prefetch, final, explore, explore2 or unsloth")
 
 
 # ---------------------------------------------------------------------------------------------------------

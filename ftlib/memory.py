@@ -69,7 +69,7 @@ WEIGHT_BYTES = {"qlora": 0.516, "lora_8bit": 1.03, "lora": 2.0, "full": 2.0}  # 
 HIDDEN_TERMS = 4
 INTERMEDIATE_TERMS = 3.4
 LOSS_HIDDEN_BYTES = 20  # bytes per token and hidden unit around the loss (fp32 copies, gradient)
-OFFLOAD_IN_FLIGHT = 1  # layer inputs on the GPU with offloaded checkpointing: the one being recomputed
+OFFLOAD_IN_FLIGHT = 2  # layer inputs on the GPU with offloaded checkpointing: the one recomputed, the next on its way
 CUDA_CONTEXT = 0.5 * GB  # the driver's own share, which PyTorch does not count
 ALLOCATOR_SLACK = 0.05  # reserved but unused blocks, as a fraction of the rest
 

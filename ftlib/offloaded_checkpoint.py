@@ -3,8 +3,8 @@
 Checkpointing keeps one tensor per decoder layer through the forward pass, the layer's input, and
 recomputes the rest in the backward pass. For an 8B model at 2 x 2,048 tokens those inputs take 32 x
 16.8 MB = 0.54 GB of GPU memory. Here each one is copied to pinned (page-locked) CPU memory as the layer
-runs and copied back just before the layer is recomputed. Neither copy makes the CPU wait: the copy out
-runs on a side stream beside the layer's kernels, the copy back is queued ahead of the recomputation.
+runs, and copied back one layer ahead of its recomputation. Both copies run on a side stream beside the
+layers' kernels, and neither makes the CPU wait.
 
 PyTorch's own tools for this (`torch.autograd.graph.save_on_cpu`, TRL's activation offloading) hook
 every saved tensor, and `save_on_cpu` copies to the CPU synchronously; a layer-level autograd function
@@ -81,6 +81,113 @@ def _copy_stream(device):
     return _COPY_STREAMS[device]
 
 
+class _ReturnBuffers:
+    """Two buffers per device that take turns holding layer inputs copied back a layer early.
+
+    Fixed buffers rather than fresh memory each time: memory written on the copy stream and read on the
+    compute stream waits in PyTorch's allocator until both are done with it, and as the CPU queues work
+    many layers ahead of the GPU, a dozen such blocks would pile up (0.2 GB for an 8B model). Each buffer
+    remembers whose input it holds; an input whose buffer was handed on since comes from its CPU copy.
+    """
+
+    _by_device = {}
+
+    def __init__(self, device):
+        self.device, self.tensors, self.holders = device, [], [None, None]
+
+    @classmethod
+    def on(cls, device):
+        if device not in cls._by_device:
+            cls._by_device[device] = cls(device)
+        return cls._by_device[device]
+
+    def claim(self, parked, in_use):
+        """The index of a buffer for `parked`'s input, other than `in_use` (the index the caller reads)."""
+        shape, dtype = parked.cpu.shape, parked.cpu.dtype
+        if not self.tensors or self.tensors[0].shape != shape or self.tensors[0].dtype != dtype:
+            self.tensors = [torch.empty(shape, dtype=dtype, device=self.device) for _ in range(2)]
+            self.holders = [None, None]
+            if self.device.type == "cuda":
+                for tensor in self.tensors:  # when a new shape replaces them, pending copies into them finish first
+                    tensor.record_stream(_copy_stream(self.device))
+        index = 1 if in_use == 0 else 0
+        self.holders[index] = weakref.ref(parked)
+        return index
+
+    def holds(self, index, parked):
+        holder = self.holders[index] if index is not None and self.tensors else None
+        return holder is not None and holder() is parked
+
+
+def release_return_buffers():
+    """Hand the return buffers back to PyTorch (train calls it when training ends); inputs not yet taken
+    back come from their CPU copies. Example: `release_return_buffers()`"""
+    for buffers in _ReturnBuffers._by_device.values():
+        buffers.tensors, buffers.holders = [], [None, None]
+
+
+class _ParkedInput:
+    """One layer's input in CPU memory, and its way back: copied back a layer early, or when needed.
+
+    The backward pass meets the layers in reverse order, so while layer k is recomputed the input of layer
+    k - 1 is copied back on the side stream (`earlier` links each input to the one parked before it).
+    """
+
+    _latest = {}  # device -> weak reference to the input parked last there
+
+    def __init__(self, hidden):
+        self.device = hidden.device
+        self.buffer = self.ready = None  # the return buffer's index and the event of the copy into it
+        self.cpu = torch.empty(hidden.shape, dtype=hidden.dtype, pin_memory=self.device.type == "cuda")
+        _park(self.cpu)
+        if self.device.type == "cuda":
+            stream = _copy_stream(self.device)
+            stream.wait_stream(torch.cuda.current_stream(self.device))  # hidden is complete before it is copied
+            with torch.cuda.stream(stream):
+                self.cpu.copy_(hidden, non_blocking=True)
+            hidden.record_stream(stream)  # its GPU memory is not reused before the copy has read it
+        else:
+            self.cpu.copy_(hidden)
+        self.earlier = self._latest.get(self.device)
+        self._latest[self.device] = weakref.ref(self)
+
+    def prefetch(self, in_use=None):
+        """Start the copy back into a return buffer other than `in_use`; `take` waits for it."""
+        if self.cpu is None:
+            return
+        buffers = _ReturnBuffers.on(self.device)
+        self.buffer = buffers.claim(self, in_use)
+        target = buffers.tensors[self.buffer]
+        if self.device.type != "cuda":
+            target.copy_(self.cpu)
+            return
+        stream = _copy_stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))  # the buffer's last reader is queued in full
+        with torch.cuda.stream(stream):
+            target.copy_(self.cpu, non_blocking=True)
+            self.ready = stream.record_event()
+
+    def take(self):
+        """(the input on its device, ready for the current stream; the return buffer it is in, or None)."""
+        buffers, on_gpu = _ReturnBuffers.on(self.device), self.device.type == "cuda"
+        index = self.buffer if buffers.holds(self.buffer, self) else None
+        if index is not None:
+            if on_gpu:
+                torch.cuda.current_stream(self.device).wait_event(self.ready)
+            hidden = buffers.tensors[index].detach()  # a tensor of its own over the buffer's memory
+        else:
+            if on_gpu:
+                torch.cuda.current_stream(self.device).wait_stream(_copy_stream(self.device))  # copy out done
+            hidden = self.cpu.to(self.device, non_blocking=True)
+        self.cpu = self.ready = None
+        return hidden, index
+
+    def prefetch_earlier(self, in_use):
+        earlier = self.earlier() if self.earlier is not None else None
+        if earlier is not None:
+            earlier.prefetch(in_use)
+
+
 class _OffloadedLayer(torch.autograd.Function):
     """Run `run(hidden, *rest)` without keeping activations; park `hidden` on the CPU for the backward pass."""
 
@@ -91,25 +198,16 @@ class _OffloadedLayer(torch.autograd.Function):
         ctx.autocast = (torch.is_autocast_enabled(device.type), torch.get_autocast_dtype(device.type),
                         torch.is_autocast_cache_enabled())
         ctx.random_state = torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
-        ctx.parked = torch.empty(hidden.shape, dtype=hidden.dtype, pin_memory=device.type == "cuda")
-        _park(ctx.parked)
-        if device.type == "cuda":
-            stream = _copy_stream(device)
-            stream.wait_stream(torch.cuda.current_stream(device))  # hidden is complete before it is copied
-            with torch.cuda.stream(stream):
-                ctx.parked.copy_(hidden, non_blocking=True)
-            hidden.record_stream(stream)  # its GPU memory is not reused before the copy has read it
-        else:
-            ctx.parked.copy_(hidden)
+        ctx.parked = _ParkedInput(hidden)
         return run(hidden, *rest)  # autograd is off inside forward: nothing inside the layer is kept
 
     @staticmethod
     def backward(ctx, *output_gradients):
-        device, run, rest = ctx.device, ctx.run, ctx.rest
+        device, run, rest, parked = ctx.device, ctx.run, ctx.rest, ctx.parked
         on_gpu = device.type == "cuda"
-        if on_gpu:
-            torch.cuda.current_stream(device).wait_stream(_copy_stream(device))  # the copy out has finished
-        hidden = ctx.parked.to(device, non_blocking=True).requires_grad_(ctx.needs_input_gradient)
+        hidden, buffer = parked.take()
+        hidden.requires_grad_(ctx.needs_input_gradient)
+        parked.prefetch_earlier(buffer)  # the previous layer's input travels while this layer is recomputed
         ctx.parked = ctx.run = ctx.rest = None
         enabled, dtype, cache = ctx.autocast
         with torch.random.fork_rng(devices=[device] if on_gpu else []), \

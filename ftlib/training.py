@@ -13,6 +13,7 @@ from ftlib import acceleration, safety
 from ftlib.checks import check_positive
 from ftlib.errors import FtlibError
 from ftlib.history import TrainingHistory
+from ftlib.offloaded_checkpoint import release_return_buffers
 
 
 def train(
@@ -144,7 +145,8 @@ def train(
     model.config.use_cache = False  # the generation cache only costs memory while training
     started = time.perf_counter()
     try:
-        trainer.train(resume_from_checkpoint=checkpoint)
+        with acceleration.attention_suited_to(model, [train_dataset, eval_dataset], max_seq_length):
+            trainer.train(resume_from_checkpoint=checkpoint)
     except KeyboardInterrupt:
         history.stopped_reason = safety.STOPPED_INTERRUPTED
         print(safety.interrupt_message(trainer.state.global_step, trainer.state.max_steps, output_dir,
@@ -154,6 +156,7 @@ def train(
             raise safety.out_of_memory_error(error, _memory_settings(model, config)) from error
         raise
     finally:
+        release_return_buffers()  # offloaded checkpointing's two layer-input buffers, for what comes next
         history.seconds = time.perf_counter() - started
         model.config.use_cache = True
         model.eval()

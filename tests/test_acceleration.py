@@ -364,3 +364,65 @@ def test_expandable_segments_only_on_cuda_and_never_over_the_users_settings(monk
     monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF")
     assert acceleration.use_expandable_segments() is True
     assert calls == ["expandable_segments:True"]
+
+
+def test_lengths_vary_counts_lengths_after_the_cut():
+    from datasets import Dataset
+
+    same = Dataset.from_dict({"input_ids": [[1, 2, 3], [4, 5, 6]]})
+    mixed = Dataset.from_dict({"input_ids": [[1, 2, 3], [4, 5, 6, 7, 8]]})
+    assert not acceleration.lengths_vary([same, None], max_seq_length=16)
+    assert acceleration.lengths_vary([mixed], max_seq_length=16)
+    assert not acceleration.lengths_vary([mixed], max_seq_length=3)  # both cut to 3 tokens: one shape
+    assert not acceleration.lengths_vary([mixed.select([1])], max_seq_length=16)  # the rows selected, not the table
+    assert acceleration.lengths_vary([same, Dataset.from_dict({"input_ids": [[1]]})], max_seq_length=16)
+
+
+def test_cudnn_attention_is_off_while_varied_lengths_train_and_restored_after(tiny_model, monkeypatch):
+    from datasets import Dataset
+
+    model, _ = tiny_model
+    mixed = Dataset.from_dict({"input_ids": [[1, 2, 3], [4, 5, 6, 7, 8]]})
+    same = Dataset.from_dict({"input_ids": [[1, 2, 3], [4, 5, 6]]})
+    assert torch.backends.cuda.cudnn_sdp_enabled()
+    with acceleration.attention_suited_to(model, [mixed], 16) as switched:
+        assert not switched and torch.backends.cuda.cudnn_sdp_enabled()  # a CPU model: nothing to change
+    monkeypatch.setattr(acceleration, "model_device_type", lambda model: "cuda")
+    with acceleration.attention_suited_to(model, [same], 16) as switched:
+        assert not switched and torch.backends.cuda.cudnn_sdp_enabled()  # one shape: cuDNN's plan is reused
+    with pytest.raises(KeyboardInterrupt):
+        with acceleration.attention_suited_to(model, [mixed], 16) as switched:
+            assert switched and not torch.backends.cuda.cudnn_sdp_enabled()
+            raise KeyboardInterrupt  # a stopped run
+    assert torch.backends.cuda.cudnn_sdp_enabled()  # put back however the block ended
+
+
+def test_train_runs_inside_the_attention_choice(tiny_model, monkeypatch, tmp_path):
+    """train passes its own train and held-out rows and max_seq_length, and trains inside the block."""
+    import contextlib
+
+    from transformers import TrainerCallback
+
+    from ftlib import add_lora, format_dataset, train
+    from ftlib.demo import load_headlines
+
+    model, tokenizer = tiny_model
+    calls, inside = [], []
+
+    @contextlib.contextmanager
+    def spy(model, datasets, max_seq_length):
+        calls.append(([len(dataset) for dataset in datasets], max_seq_length))
+        inside.append(True)
+        yield False
+        inside.append(False)
+
+    class Watch(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            inside.append("step" if inside and inside[-1] is True else "step outside")
+
+    monkeypatch.setattr(acceleration, "attention_suited_to", spy)
+    data = format_dataset(load_headlines("train")[:12], tokenizer, test_size=0.25, verbose=False)
+    train(add_lora(model, r=4), tokenizer, data, max_steps=1, per_device_train_batch_size=2,
+          gradient_accumulation_steps=1, max_seq_length=48, callbacks=[Watch()], verbose=False, output_dir=str(tmp_path))
+    assert calls == [([9, 3], 48)]
+    assert inside[0] is True and "step" in inside and "step outside" not in inside and inside[-1] is False

@@ -130,11 +130,99 @@ def test_on_cuda_the_input_waits_in_pinned_cpu_memory():
     torch.manual_seed(1)
     output = offloaded_checkpoint(layer, hidden)
     assert type(output.grad_fn).__name__ == "_OffloadedLayerBackward"
-    parked = output.grad_fn.parked
+    parked = output.grad_fn.parked.cpu
     assert parked.device.type == "cpu" and parked.is_pinned()  # pinned: the copies need not block the CPU
     torch.manual_seed(1)
     expected = torch.autograd.grad(layer(hidden).sum(), hidden)[0]
     assert torch.equal(torch.autograd.grad(output.sum(), hidden)[0], expected)
+
+
+def _three_layers(device):
+    """Three layers run through the autograd function; the layers, the input and each layer's output."""
+    layers = [_Layer(dropout=0.0).to(device).train() for _ in range(3)]
+    hidden = torch.randn(2, 4, 16, device=device).requires_grad_(True)
+    outputs, current = [], hidden
+    for layer in layers:
+        current = _OffloadedLayer.apply(layer, current)
+        outputs.append(current)
+    return layers, hidden, outputs
+
+
+def test_each_parked_input_knows_the_one_parked_before_it():
+    """The backward pass of layer k starts the copy back of layer k - 1's input: this link finds it."""
+    _, _, outputs = _three_layers("cpu")
+    parked = [output.grad_fn.parked for output in outputs]
+    assert parked[2].earlier() is parked[1] and parked[1].earlier() is parked[0]
+    outputs[2].sum().backward()
+    assert all(each.cpu is None for each in parked)  # every CPU copy was let go
+
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_the_earlier_input_is_copied_back_during_the_later_backward(device):
+    from ftlib.offloaded_checkpoint import _ReturnBuffers
+
+    layers, hidden, outputs = _three_layers(device)
+    parked = [output.grad_fn.parked for output in outputs]
+    expected_input, seen = outputs[0].detach().clone(), []
+
+    def between_layers(gradient):  # runs after layer 2's backward, before layer 1's
+        if device == "cuda":
+            torch.cuda.synchronize()
+        buffers = _ReturnBuffers.on(hidden.device)
+        held = buffers.holds(parked[1].buffer, parked[1]) and torch.equal(buffers.tensors[parked[1].buffer],
+                                                                          expected_input)
+        seen.append((held, parked[0].buffer is None))
+        return gradient
+
+    outputs[1].register_hook(between_layers)
+    gradient = torch.autograd.grad(outputs[2].sum(), hidden)[0]
+    assert seen == [(True, True)]  # layer 1's input was on its way back, and only one layer ahead
+    assert parked[0].buffer != parked[1].buffer  # the two buffers take turns
+    current = hidden
+    for layer in layers:
+        current = layer(current)
+    assert torch.equal(gradient, torch.autograd.grad(current.sum(), hidden)[0])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_an_input_whose_buffer_was_handed_on_comes_from_its_cpu_copy(device):
+    """Three forward passes, then backward passes out of order: the third pass's backward copies back the
+    second pass's last input early; the first pass's backward then reuses that buffer. Gradients stay exact."""
+    from ftlib.offloaded_checkpoint import _ReturnBuffers
+
+    passes = [_three_layers(device) for _ in range(3)]
+    gradients = {}
+    for index in (2, 0):
+        _, hidden, outputs = passes[index]
+        gradients[index] = torch.autograd.grad(outputs[2].sum(), hidden)[0]
+    last_of_second = passes[1][2][2].grad_fn.parked
+    assert last_of_second.buffer is not None  # it was copied back early...
+    assert not _ReturnBuffers.on(passes[1][1].device).holds(last_of_second.buffer, last_of_second)  # ...and overwritten
+    gradients[1] = torch.autograd.grad(passes[1][2][2].sum(), passes[1][1])[0]
+    for index, (layers, hidden, _) in enumerate(passes):
+        current = hidden
+        for layer in layers:
+            current = layer(current)
+        assert torch.equal(gradients[index], torch.autograd.grad(current.sum(), hidden)[0])
+
+
+def test_released_buffers_are_gone_and_the_next_backward_still_exact():
+    from ftlib.offloaded_checkpoint import _ReturnBuffers, release_return_buffers
+
+    _, hidden, outputs = _three_layers("cpu")
+    torch.autograd.grad(outputs[1].sum(), hidden)  # layers 1 and 0: layer 0's input came back in a buffer
+    assert len(_ReturnBuffers.on(hidden.device).tensors) == 2
+    release_return_buffers()
+    assert _ReturnBuffers.on(hidden.device).tensors == []
+    layers, hidden, outputs = _three_layers("cpu")
+    gradient = torch.autograd.grad(outputs[2].sum(), hidden)[0]
+    current = hidden
+    for layer in layers:
+        current = layer(current)
+    assert torch.equal(gradient, torch.autograd.grad(current.sum(), hidden)[0])
 
 
 def test_parked_bytes_are_counted_until_the_backward_pass_frees_them():
