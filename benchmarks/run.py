@@ -128,6 +128,7 @@ class _Meter:
         self.step_seconds, self.step_tokens, self.step_slots, self.losses = [], [], [], []
         self._started = None
         self.profile_step, self.profile_kind, self.profiler, self.profile_table = profile_step, profile_kind, None, None
+        self.profile_gaps = None
         self.hook = model.get_input_embeddings().register_forward_pre_hook(self._count)
 
     def _count(self, module, args):
@@ -175,7 +176,9 @@ class _Meter:
             self.profiler = cProfile.Profile()
             self.profiler.enable()
             return
-        activities = [self.torch.profiler.ProfilerActivity.CPU, self.torch.profiler.ProfilerActivity.CUDA]
+        activities = [self.torch.profiler.ProfilerActivity.CUDA]
+        if self.profile_kind != "gaps":  # CPU events too (op names in the table), at a cost in CPU time per op
+            activities.append(self.torch.profiler.ProfilerActivity.CPU)
         self.profiler = self.torch.profiler.profile(activities=activities)
         self.profiler.start()
 
@@ -190,12 +193,53 @@ class _Meter:
             self.profile_table, self.profiler = text.getvalue()[-12000:], None
             return
         self.profiler.stop()
+        try:
+            self.profile_gaps = stream_gaps(self.profiler.events())
+        except Exception as error:  # noqa: BLE001  (a profiler without device events: report, never fail)
+            self.profile_gaps = {"error": f"{type(error).__name__}: {error}"}
         averages = self.profiler.key_averages()
         try:
             self.profile_table = averages.table(sort_by="self_device_time_total", row_limit=45, max_name_column_width=70)
         except (AttributeError, KeyError):  # older PyTorch names the column after CUDA
             self.profile_table = averages.table(sort_by="self_cuda_time_total", row_limit=45, max_name_column_width=70)
         self.profiler = None
+
+
+def stream_gaps(events, longest=15):
+    """Where the busiest GPU stream (the compute stream) sat idle in a profiled step.
+
+    `events`: torch.profiler's events; device events carry their stream in `device_resource_id` and times in
+    microseconds. Returns the stream's busy and idle milliseconds between its first and last kernel, the
+    number and total of gaps over 1 ms, and the `longest` gaps with the kernels on either side: the place to
+    look when a step takes longer than its kernels add up to.
+    """
+    kernels = {}
+    for event in events:
+        if getattr(event, "device_type", None) is None or "CUDA" not in str(event.device_type):
+            continue
+        if getattr(event, "is_user_annotation", False) or "#" in event.name:  # ranges, not kernels
+            continue
+        kernels.setdefault(event.device_resource_id, []).append(
+            (event.time_range.start, event.time_range.end, event.name))
+    if not kernels:
+        return {"error": "no device events"}
+    stream, runs = max(kernels.items(), key=lambda item: sum(end - start for start, end, _ in item[1]))
+    runs.sort()
+    gaps, busy, reach, before = [], 0.0, runs[0][0], runs[0][2]
+    for start, end, name in runs:
+        if start > reach:
+            gaps.append((start - reach, reach - runs[0][0], before, name))
+        busy += max(0.0, end - max(start, reach))
+        if end >= reach:
+            reach, before = end, name
+    long_gaps = [gap for gap in gaps if gap[0] > 1000]
+    return {
+        "stream": stream, "span_ms": (reach - runs[0][0]) / 1000, "busy_ms": busy / 1000,
+        "idle_ms": sum(gap[0] for gap in gaps) / 1000, "gaps_over_1ms": len(long_gaps),
+        "idle_in_gaps_over_1ms": sum(gap[0] for gap in long_gaps) / 1000,
+        "longest": [{"ms": round(size / 1000, 2), "at_ms": round(at / 1000, 1), "after": after[:80], "before": next_[:80]}
+                    for size, at, after, next_ in sorted(gaps, reverse=True)[:longest]],
+    }
 
 
 def _switch_off(names):
@@ -432,7 +476,7 @@ def worker(spec):
     result["parity_loss"] = _parity_loss(model, rows, device, dtype)
     # With profile=True the last step runs under torch.profiler and is left out of the timings.
     meter = _Meter(model, pad_id, device, profile_step=spec["steps"] - 1 if spec.get("profile") else None,
-                   profile_kind=spec.get("profile") if spec.get("profile") == "python" else "torch")
+                   profile_kind=spec["profile"] if spec.get("profile") in ("python", "gaps") else "torch")
     if spec.get("compile"):
         _compile_layers(model)
 
@@ -449,7 +493,7 @@ def worker(spec):
         step_seconds=meter.step_seconds, step_tokens=meter.step_tokens, step_slots=meter.step_slots,
         median_step_seconds=median, tokens_per_second=statistics.mean(tokens) / median,
         first_loss=meter.losses[0] if meter.losses else None, last_loss=meter.losses[-1] if meter.losses else None,
-        losses=meter.losses, profile=meter.profile_table,
+        losses=meter.losses, profile=meter.profile_table, profile_gaps=meter.profile_gaps,
     )
     if spec.get("longest"):
         result["longest"] = _longest_sequence(spec, model, tokenizer, meter)
@@ -589,6 +633,9 @@ def plan(name):
         specs += [_spec("ftlib", eight, steps=6, warmup=2, checkpointing=True)]
         specs += [_spec(system, one, mix="variable", steps=8, warmup=3) for system in SYSTEMS]
         return specs + [_spec(system, eight, steps=6, warmup=2, repeat=2) for system in ("ftlib", "unsloth")]
+    if name == "gaps":  # where ftlib's GPU waits in a step (gap report of the profile), beside Unsloth's
+        specs = [_spec(system, eight, steps=5, warmup=2, profile="gaps") for system in ("ftlib", "unsloth")]
+        return specs + [_spec(system, eight, steps=6, warmup=2) for system in SYSTEMS]
     if name == "unsloth":  # a second call when the first could not import Unsloth
         return [_spec("unsloth", eight, steps=4), _spec("unsloth", one, steps=4)]
     if name == "more":
@@ -598,7 +645,7 @@ def plan(name):
         specs += [_spec(system, one, mix="variable") for system in SYSTEMS]
         specs += [_spec(system, one, method="lora16") for system in SYSTEMS]
         return specs
-    raise SystemExit(f"unknown plan {name!r}: use smoke, main, more, next, next2, rest, prefetch, final, explore, explore2 or unsloth")
+    raise SystemExit(f"unknown plan {name!r}: use smoke, main, more, next, next2, rest, prefetch, final, gaps, explore, explore2 or unsloth")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -679,9 +726,12 @@ def summary_line(result):
         return f"{spec['name']}: ERROR {result['error']}"
     memory = (f"{result['peak_reserved_gb']:.2f} GB reserved, {result['peak_allocated_gb']:.2f} allocated"
               if "peak_reserved_gb" in result else "CPU")
+    gaps = result.get("profile_gaps") or {}
+    idle = (f", profiled step: GPU busy {gaps['busy_ms']:.0f} of {gaps['span_ms']:.0f} ms, {gaps['gaps_over_1ms']} gaps "
+            f"over 1 ms ({gaps['idle_in_gaps_over_1ms']:.0f} ms)" if "busy_ms" in gaps else "")
     return (f"{spec['name']}: {result['tokens_per_second']:,.0f} tok/s, {memory}, load {result['load_seconds']:.0f} s, "
             f"loss {result['first_loss']:.4f} -> {result['last_loss']:.4f}, parity {result['parity_loss']:.5f}, "
-            f"steps {' '.join(f'{seconds:.2f}' for seconds in result['step_seconds'])} s")
+            f"steps {' '.join(f'{seconds:.2f}' for seconds in result['step_seconds'])} s{idle}")
 
 
 def main(argv=None):

@@ -426,3 +426,29 @@ def test_train_runs_inside_the_attention_choice(tiny_model, monkeypatch, tmp_pat
           gradient_accumulation_steps=1, max_seq_length=48, callbacks=[Watch()], verbose=False, output_dir=str(tmp_path))
     assert calls == [([9, 3], 48)]
     assert inside[0] is True and "step" in inside and "step outside" not in inside and inside[-1] is False
+
+
+def test_benchmark_gap_report_finds_the_idle_time_of_the_busiest_stream():
+    """The profile's gap report: the compute stream's idle time between kernels, longest gaps first."""
+    from types import SimpleNamespace
+
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import run as benchmark
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+    def event(name, start, end, stream=7, device="DeviceType.CUDA"):
+        return SimpleNamespace(name=name, device_type=device, device_resource_id=stream,
+                               time_range=SimpleNamespace(start=start, end=end))
+
+    events = [event("gemm", 0, 1000), event("gemm", 500, 1500),  # overlapping kernels count once
+              event("norm", 4000, 5000), event("adam", 5100, 6000),
+              event("Memcpy HtoD", 0, 2000, stream=9),  # the copy stream: less busy, so not the one reported
+              event("Optimizer.step#AdamW.step", 0, 6000),  # a range annotation, not a kernel
+              event("aten::mm", 0, 6000, device="DeviceType.CPU")]
+    gaps = benchmark.stream_gaps(events)
+    assert gaps["stream"] == 7 and gaps["span_ms"] == 6.0 and gaps["busy_ms"] == 3.4
+    assert gaps["idle_ms"] == 2.6 and gaps["gaps_over_1ms"] == 1 and gaps["idle_in_gaps_over_1ms"] == 2.5
+    assert gaps["longest"][0] == {"ms": 2.5, "at_ms": 1.5, "after": "gemm", "before": "norm"}
+    assert benchmark.stream_gaps([event("aten::mm", 0, 1, device="DeviceType.CPU")]) == {"error": "no device events"}
