@@ -267,6 +267,10 @@ def _switch_off(names):
         from ftlib.offloaded_checkpoint import _ParkedInput
 
         _ParkedInput.prefetch_earlier = lambda parked, in_use: None
+    if "nan_guard" in names:  # train's check of the gradients before each optimizer step (one sync a step)
+        from ftlib import safety
+
+        safety.NonFiniteLossGuard.on_pre_optimizer_step = lambda guard, *args, **kwargs: None
     if "cudnn_attention" in names:  # PyTorch's SDPA then picks flash or memory-efficient attention instead
         import torch
 
@@ -635,6 +639,7 @@ def plan(name):
         return specs + [_spec(system, eight, steps=6, warmup=2, repeat=2) for system in ("ftlib", "unsloth")]
     if name == "gaps":  # where ftlib's GPU waits in a step (gap report of the profile), beside Unsloth's
         specs = [_spec(system, eight, steps=5, warmup=2, profile="gaps") for system in ("ftlib", "unsloth")]
+        specs += [_spec("ftlib", eight, steps=5, warmup=2, profile="gaps", off=["nan_guard"])]
         return specs + [_spec(system, eight, steps=6, warmup=2) for system in SYSTEMS]
     if name == "unsloth":  # a second call when the first could not import Unsloth
         return [_spec("unsloth", eight, steps=4), _spec("unsloth", one, steps=4)]
