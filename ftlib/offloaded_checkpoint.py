@@ -24,6 +24,8 @@ import weakref
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from ftlib.errors import FtlibError
+
 CPU_MEMORY_SHARE = 0.5  # 0.3-0.7: the share of available CPU memory that parked layer inputs may take
 _COPY_STREAMS = {}  # one side stream per GPU for the copies to the CPU
 
@@ -203,6 +205,16 @@ class _OffloadedLayer(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *output_gradients):
+        if not torch.autograd._is_checkpoint_valid():  # the check PyTorch's reentrant checkpoint makes
+            raise FtlibError(
+                "offloaded checkpointing recomputes each layer inside the backward pass, which works with "
+                "loss.backward() only, not torch.autograd.grad() or backward(inputs=...): call loss.backward(), "
+                "or add_lora(..., use_gradient_checkpointing=False) to keep every activation instead")
+        if ctx.parked is None:
+            raise FtlibError(
+                "this graph's offloaded layers were already recomputed by an earlier backward pass "
+                "(retain_graph=True keeps the graph, not the parked inputs): run the forward pass again, or use "
+                "add_lora(..., use_gradient_checkpointing=True), which can go backward twice")
         device, run, rest, parked = ctx.device, ctx.run, ctx.rest, ctx.parked
         on_gpu = device.type == "cuda"
         hidden, buffer = parked.take()

@@ -40,6 +40,13 @@ def _run(layer, hidden, checkpointed, autocast=False):
     return output.detach(), gradients
 
 
+def _input_gradient(output, hidden):
+    """d(output.sum())/d(hidden) through loss.backward(), the one way the function supports."""
+    hidden.grad = None
+    output.sum().backward()
+    return hidden.grad
+
+
 @pytest.mark.parametrize("autocast", [False, True])
 def test_recomputation_gives_the_same_output_and_gradients(autocast):
     layer = _Layer().train()
@@ -72,7 +79,7 @@ def test_only_the_input_is_kept_and_it_is_a_copy():
         output = _OffloadedLayer.apply(layer, hidden * 1.0)
     assert saved == []  # nothing recorded inside the layer on the first pass
     expected = torch.autograd.grad(layer(hidden).sum(), hidden)[0]
-    assert torch.equal(torch.autograd.grad(output.sum(), hidden)[0], expected)
+    assert torch.equal(_input_gradient(output, hidden), expected)
 
 
 def test_other_positional_arguments_pass_through_and_get_no_gradient():
@@ -134,7 +141,7 @@ def test_on_cuda_the_input_waits_in_pinned_cpu_memory():
     assert parked.device.type == "cpu" and parked.is_pinned()  # pinned: the copies need not block the CPU
     torch.manual_seed(1)
     expected = torch.autograd.grad(layer(hidden).sum(), hidden)[0]
-    assert torch.equal(torch.autograd.grad(output.sum(), hidden)[0], expected)
+    assert torch.equal(_input_gradient(output, hidden), expected)
 
 
 def _three_layers(device):
@@ -178,7 +185,7 @@ def test_the_earlier_input_is_copied_back_during_the_later_backward(device):
         return gradient
 
     outputs[1].register_hook(between_layers)
-    gradient = torch.autograd.grad(outputs[2].sum(), hidden)[0]
+    gradient = _input_gradient(outputs[2], hidden)
     assert seen == [(True, True)]  # layer 1's input was on its way back, and only one layer ahead
     assert parked[0].buffer != parked[1].buffer  # the two buffers take turns
     current = hidden
@@ -197,11 +204,11 @@ def test_an_input_whose_buffer_was_handed_on_comes_from_its_cpu_copy(device):
     gradients = {}
     for index in (2, 0):
         _, hidden, outputs = passes[index]
-        gradients[index] = torch.autograd.grad(outputs[2].sum(), hidden)[0]
+        gradients[index] = _input_gradient(outputs[2], hidden)
     last_of_second = passes[1][2][2].grad_fn.parked
     assert last_of_second.buffer is not None  # it was copied back early...
     assert not _ReturnBuffers.on(passes[1][1].device).holds(last_of_second.buffer, last_of_second)  # ...and overwritten
-    gradients[1] = torch.autograd.grad(passes[1][2][2].sum(), passes[1][1])[0]
+    gradients[1] = _input_gradient(passes[1][2][2], passes[1][1])
     for index, (layers, hidden, _) in enumerate(passes):
         current = hidden
         for layer in layers:
@@ -213,16 +220,31 @@ def test_released_buffers_are_gone_and_the_next_backward_still_exact():
     from ftlib.offloaded_checkpoint import _ReturnBuffers, release_return_buffers
 
     _, hidden, outputs = _three_layers("cpu")
-    torch.autograd.grad(outputs[1].sum(), hidden)  # layers 1 and 0: layer 0's input came back in a buffer
+    outputs[1].sum().backward()  # layers 1 and 0: layer 0's input came back in a buffer
     assert len(_ReturnBuffers.on(hidden.device).tensors) == 2
     release_return_buffers()
     assert _ReturnBuffers.on(hidden.device).tensors == []
     layers, hidden, outputs = _three_layers("cpu")
-    gradient = torch.autograd.grad(outputs[2].sum(), hidden)[0]
+    gradient = _input_gradient(outputs[2], hidden)
     current = hidden
     for layer in layers:
         current = layer(current)
     assert torch.equal(gradient, torch.autograd.grad(current.sum(), hidden)[0])
+
+
+def test_unsupported_backward_calls_say_what_to_do_instead():
+    """Like PyTorch's reentrant checkpoint: no autograd.grad (it would fill every parameter's .grad), and
+    each layer is recomputed once (a second backward pass over a retained graph has nothing left to use)."""
+    from ftlib.errors import FtlibError
+
+    layer = _Layer(dropout=0.0)
+    hidden = torch.randn(2, 4, 16).requires_grad_(True)
+    with pytest.raises(FtlibError, match=r"loss.backward\(\) only.*use_gradient_checkpointing=False"):
+        torch.autograd.grad(_OffloadedLayer.apply(layer, hidden).sum(), hidden)
+    output = _OffloadedLayer.apply(layer, hidden)
+    output.sum().backward(retain_graph=True)
+    with pytest.raises(FtlibError, match="already recomputed.*use_gradient_checkpointing=True"):
+        output.sum().backward()
 
 
 def test_parked_bytes_are_counted_until_the_backward_pass_frees_them():
