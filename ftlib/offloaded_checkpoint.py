@@ -9,7 +9,8 @@ layers' kernels, and neither makes the CPU wait.
 PyTorch's own tools for this (`torch.autograd.graph.save_on_cpu`, TRL's activation offloading) hook
 every saved tensor, and `save_on_cpu` copies to the CPU synchronously; a layer-level autograd function
 is one copy each way and no hooks. The recomputation sees what the first pass saw: the same autocast
-settings and the same random-number state (so dropout draws the same mask).
+settings and the same random-number state (so dropout draws the same mask). Like PyTorch's reentrant
+checkpoint, it supports `loss.backward()` only (not `torch.autograd.grad`), and each layer is recomputed once.
 
 Pinned memory cannot be swapped out, and long sequences need a lot of it (8B at 32k tokens: 8.6 GB, more
 than a free Colab machine has). So layer inputs go to the CPU only while they fit in half of the CPU
