@@ -248,21 +248,8 @@ def _switch_off(names):
 
     if "fused_lora" in names:
         acceleration.fuse_lora = lambda model: 0
-    if "expandable_segments" in names:
-        acceleration.use_expandable_segments = lambda: False
     if "liger" in names:
         acceleration.liger_available = lambda: False
-    if "reentrant" in names:  # mode True in the non-reentrant form, ftlib's default up to the 18:46 call
-        plain_enable = acceleration.enable_gradient_checkpointing
-
-        def non_reentrant(model, mode=True):
-            model = plain_enable(model, mode)
-            if mode is True:
-                base = acceleration._base_model(model)
-                base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            return model
-
-        acceleration.enable_gradient_checkpointing = non_reentrant
     if "prefetch" in names:  # offloaded inputs copied back when their layer's backward starts, not a layer early
         from ftlib.offloaded_checkpoint import _ParkedInput
 

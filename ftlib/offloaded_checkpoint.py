@@ -108,14 +108,17 @@ class _ReturnBuffers:
         """The index of a buffer for `parked`'s input, other than `in_use` (the index the caller reads)."""
         shape, dtype = parked.cpu.shape, parked.cpu.dtype
         if not self.tensors or self.tensors[0].shape != shape or self.tensors[0].dtype != dtype:
-            self.tensors = [torch.empty(shape, dtype=dtype, device=self.device) for _ in range(2)]
-            self.holders = [None, None]
+            self.forget([torch.empty(shape, dtype=dtype, device=self.device) for _ in range(2)])
             if self.device.type == "cuda":
                 for tensor in self.tensors:  # when a new shape replaces them, pending copies into them finish first
                     tensor.record_stream(_copy_stream(self.device))
         index = 1 if in_use == 0 else 0
         self.holders[index] = weakref.ref(parked)
         return index
+
+    def forget(self, tensors=()):
+        """Hold nothing: new buffers `tensors`, or none (PyTorch gets the memory back once no one reads it)."""
+        self.tensors, self.holders = list(tensors), [None, None]
 
     def holds(self, index, parked):
         holder = self.holders[index] if index is not None and self.tensors else None
@@ -126,7 +129,7 @@ def release_return_buffers():
     """Hand the return buffers back to PyTorch (train calls it when training ends); inputs not yet taken
     back come from their CPU copies. Example: `release_return_buffers()`"""
     for buffers in _ReturnBuffers._by_device.values():
-        buffers.tensors, buffers.holders = [], [None, None]
+        buffers.forget()
 
 
 class _ParkedInput:
@@ -197,7 +200,7 @@ class _OffloadedLayer(torch.autograd.Function):
     @staticmethod
     def forward(ctx, run, hidden, *rest):
         device = hidden.device
-        ctx.run, ctx.rest, ctx.device, ctx.needs_input_gradient = run, rest, device, hidden.requires_grad
+        ctx.run, ctx.rest, ctx.needs_input_gradient = run, rest, hidden.requires_grad
         ctx.autocast = (torch.is_autocast_enabled(device.type), torch.get_autocast_dtype(device.type),
                         torch.is_autocast_cache_enabled())
         ctx.random_state = torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
@@ -216,7 +219,8 @@ class _OffloadedLayer(torch.autograd.Function):
                 "this graph's offloaded layers were already recomputed by an earlier backward pass "
                 "(retain_graph=True keeps the graph, not the parked inputs): run the forward pass again, or use "
                 "add_lora(..., use_gradient_checkpointing=True), which can go backward twice")
-        device, run, rest, parked = ctx.device, ctx.run, ctx.rest, ctx.parked
+        run, rest, parked = ctx.run, ctx.rest, ctx.parked
+        device = parked.device
         on_gpu = device.type == "cuda"
         hidden, buffer = parked.take()
         hidden.requires_grad_(ctx.needs_input_gradient)
