@@ -250,6 +250,21 @@ def _switch_off(names):
         acceleration.fuse_lora = lambda model: 0
     if "liger" in names:
         acceleration.liger_available = lambda: False
+    if "direct_dequant" in names:  # 4-bit weights de-quantised through bitsandbytes' operators, not its C functions
+        from ftlib import fused_lora
+
+        fused_lora._native_dequantizers = lambda: None
+    if "epilogue" in names:  # the adapter's product added by a second pass over the output, not in the multiply
+        import torch
+
+        from ftlib import fused_lora
+
+        def second_pass(x, weight, low, low_weight, scale):
+            return torch.mm(x, weight).addmm_(low, low_weight, alpha=scale)
+
+        fused_lora._frozen_plus_low_rank = second_pass
+    if "torch_rms_norm" in names:  # Liger's RMSNorm kernel instead of PyTorch's
+        acceleration.TORCH_RMS_NORM_MODELS = set()
     if "prefetch" in names:  # offloaded inputs copied back when their layer's backward starts, not a layer early
         from ftlib.offloaded_checkpoint import _ParkedInput
 
@@ -627,7 +642,29 @@ def plan(name):
     if name == "gaps":  # where ftlib's GPU waits in a step (gap report of the profile), beside Unsloth's
         specs = [_spec(system, eight, steps=5, warmup=2, profile="gaps") for system in ("ftlib", "unsloth")]
         specs += [_spec("ftlib", eight, steps=5, warmup=2, profile="gaps", off=["nan_guard"])]
-        return specs + [_spec(system, eight, steps=6, warmup=2) for system in SYSTEMS]
+        specs += [_spec(system, eight, steps=6, warmup=2) for system in SYSTEMS]
+        return specs + [_spec("ftlib", eight, steps=6, warmup=2, off=["nan_guard"])]
+    if name == "launch":  # the C-function de-quantiser and PyTorch's RMSNorm, each on and off, beside Unsloth and plain
+        specs = []
+        for repeat in (1, 2):
+            specs += [_spec("ftlib", eight, steps=6, warmup=2, repeat=repeat),
+                      _spec("ftlib", eight, steps=6, warmup=2, repeat=repeat, off=["torch_rms_norm"]),
+                      _spec("ftlib", eight, steps=6, warmup=2, repeat=repeat, off=["direct_dequant", "torch_rms_norm"]),
+                      _spec("unsloth", eight, steps=6, warmup=2, repeat=repeat)]
+            specs += [_spec("plain", eight, steps=6, warmup=2)] if repeat == 1 else []
+        return specs
+    if name == "lean":  # fewer kernels per projection (float32 gradients, block scales reused): the trio, twice.
+        # Its first call (00:25) also tried keeping the adapters' bfloat16 casts between optimizer steps, in the
+        # runs named run1 and run2; the run named "no-kept_casts" is the form that stayed (since removed switch).
+        specs = []
+        for repeat in (1, 2):
+            specs += [_spec("ftlib", eight, steps=6, warmup=2, repeat=repeat),
+                      _spec("unsloth", eight, steps=6, warmup=2, repeat=repeat)]
+            specs += [_spec("plain", eight, steps=6, warmup=2)] if repeat == 1 else []
+        return specs
+    if name == "epilogue":  # the adapter's product added in the frozen multiply's epilogue, on and off, beside the trio
+        return [_spec("ftlib", eight, steps=6, warmup=2), _spec("ftlib", eight, steps=6, warmup=2, off=["epilogue"]),
+                _spec("plain", eight, steps=6, warmup=2), _spec("unsloth", eight, steps=6, warmup=2)]
     if name == "unsloth":  # a second call when the first could not import Unsloth
         return [_spec("unsloth", eight, steps=4), _spec("unsloth", one, steps=4)]
     if name == "more":
@@ -637,7 +674,7 @@ def plan(name):
         specs += [_spec(system, one, mix="variable") for system in SYSTEMS]
         specs += [_spec(system, one, method="lora16") for system in SYSTEMS]
         return specs
-    raise SystemExit(f"unknown plan {name!r}: use smoke, main, more, next, next2, rest, prefetch, final, gaps, explore, explore2 or unsloth")
+    raise SystemExit(f"unknown plan {name!r}: use smoke, main, more, next, next2, rest, prefetch, final, gaps, launch, lean, epilogue, explore, explore2 or unsloth")
 
 
 # ---------------------------------------------------------------------------------------------------------

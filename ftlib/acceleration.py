@@ -7,8 +7,8 @@ elsewhere, silently, so the same notebook runs on a laptop and on Colab.
 
 What ftlib does on a CUDA GPU, and why:
 
-- Liger kernels (RMSNorm, SwiGLU, RoPE): one fused Triton kernel instead of several PyTorch ops, so
-  fewer passes over the activations. The fused loss head comes from TRL's trainer, which never builds
+- Liger kernels (SwiGLU, RoPE) and PyTorch's fused RMSNorm (Liger's for models whose norm differs): one
+  fused kernel instead of several PyTorch ops, so fewer passes over the activations. The fused loss head comes from TRL's trainer, which never builds
   the (batch, length, vocabulary) logits.
 - Norms and embeddings stay in the compute dtype: the usual `prepare_model_for_kbit_training` casts
   them to float32, which costs memory and an extra cast in every layer and changes nothing a LoRA
@@ -37,6 +37,7 @@ import contextlib
 import importlib.util
 import os
 import sys
+import types
 import warnings
 
 import torch
@@ -81,6 +82,22 @@ def _dispatch_by_device(fast, plain):
     return apply_rotary_pos_emb
 
 
+# Models whose RMSNorm is y = weight * (x / rms(x)), which PyTorch's own fused kernel computes (in float32, as
+# they do): it costs the CPU a quarter of what Liger's Triton launch does, and the step is CPU-bound.
+TORCH_RMS_NORM_MODELS = {"llama", "mistral", "qwen2", "qwen3"}
+
+
+def _fused_rms_norm_forward(self, hidden_states):
+    """A Llama-style RMSNorm in one PyTorch kernel, when input and weight share a dtype on a GPU."""
+    weight = self.weight
+    if not hidden_states.is_cuda or hidden_states.dtype != weight.dtype:
+        return type(self).forward(self, hidden_states)
+    if torch.is_autocast_enabled("cuda"):  # autocast would run it in float32 and return float32
+        with torch.autocast("cuda", enabled=False):
+            return torch.nn.functional.rms_norm(hidden_states, weight.shape, weight, self.variance_epsilon)
+    return torch.nn.functional.rms_norm(hidden_states, weight.shape, weight, self.variance_epsilon)
+
+
 def apply_liger_kernels(model):
     """Swap in Liger's fused RMSNorm, SwiGLU and RoPE kernels on this model instance; returns their names.
 
@@ -101,9 +118,15 @@ def apply_liger_kernels(model):
     saved = {name: getattr(module, name) for name in dir(module)} if module is not None else {}
     plain_rope = saved.get("apply_rotary_pos_emb")
     plain_rope = getattr(plain_rope, "_ftlib_plain", plain_rope)  # already wrapped by an earlier load
+    torch_norms = model_type in TORCH_RMS_NORM_MODELS and hasattr(torch.nn.functional, "rms_norm")
     _apply_liger_kernel_to_instance(
-        model=base, rope=True, rms_norm=True, swiglu=True, cross_entropy=False, fused_linear_cross_entropy=False
+        model=base, rope=True, rms_norm=not torch_norms, swiglu=True, cross_entropy=False,
+        fused_linear_cross_entropy=False
     )
+    if torch_norms:
+        for norm in base.modules():
+            if type(norm).__name__.endswith("RMSNorm") and hasattr(norm, "variance_epsilon"):
+                norm.forward = types.MethodType(_fused_rms_norm_forward, norm)
     applied = ["rms_norm", "swiglu"]
     if module is not None:
         fast_rope = getattr(module, "apply_rotary_pos_emb", None)

@@ -12,37 +12,121 @@ forward, which uses bitsandbytes' fast single-token kernel. Layers with dropout,
 variants, several active adapters or a merged adapter also keep PEFT's forward.
 """
 
+import functools
 import types
 
 import torch
 
 
-def _dequantize_4bit(packed, state):
-    """bitsandbytes' `functional.dequantize_4bit(packed, state)`, calling its two operators directly.
+@functools.cache
+def _native_dequantizers():
+    """bitsandbytes' CUDA de-quantisers as C functions, or None where they cannot be called directly.
 
-    The same operators and arguments, without the checks and wrappers around them (this runs three times per
-    projection per micro-batch, 2,688 times per 8B step, so the Python around it shows in a CPU-bound step).
+    A dict: "scales" (8-bit block scales to float32) and (dtype, "nf4" / "fp4") for the 4-bit weights.
+    Only on a single-GPU machine (the current device is then every tensor's device), and only when
+    bitsandbytes declares the functions' argument types (code, input, absmax, out, blocksize, n, stream).
     """
+    if not torch.cuda.is_available() or torch.cuda.device_count() != 1:
+        return None
+    try:
+        import bitsandbytes.backends.cuda.ops  # noqa: F401  (declares the argument types)
+        from bitsandbytes.cextension import lib
+
+        functions = {"scales": lib.cdequantize_blockwise_fp32}
+        for dtype, name in ((torch.bfloat16, "bf16"), (torch.float16, "fp16"), (torch.float32, "fp32")):
+            for quant_type in ("nf4", "fp4"):
+                functions[dtype, quant_type] = getattr(lib, f"cdequantize_blockwise_{name}_{quant_type}")
+    except Exception:  # noqa: BLE001  (another bitsandbytes layout: its operators below serve instead)
+        return None
+    if any(len(getattr(function, "argtypes", None) or ()) != 7 for function in functions.values()):
+        return None
+    return functions
+
+
+def _native_path(packed, state):
+    """bitsandbytes' C functions when they can de-quantise this weight directly, else None."""
+    functions = _native_dequantizers() if packed.is_cuda else None
+    if (functions is None or not packed.is_contiguous() or not state.absmax.is_contiguous()
+            or (state.nested and (state.state2.dtype != torch.float32 or not state.state2.code.is_cuda))):
+        return None
+    return functions
+
+
+def _block_scales(packed, state):
+    """The float32 scale of each block of a 4-bit weight (themselves 8-bit under double quantisation)."""
     absmax = state.absmax
-    if state.nested:  # double quantisation: the block scales are themselves 8-bit, with their own scales
-        inner = state.state2
+    if not state.nested:
+        return absmax
+    inner = state.state2
+    functions = _native_path(packed, state)
+    if functions is not None:
+        scales = torch.empty(absmax.shape, dtype=torch.float32, device=absmax.device)
+        functions["scales"](inner.code.data_ptr(), absmax.data_ptr(), inner.absmax.data_ptr(), scales.data_ptr(),
+                            inner.blocksize, absmax.numel(), torch._C._cuda_getCurrentRawStream(absmax.device.index))
+    else:
         code = inner.code if inner.code.device == absmax.device else inner.code.to(absmax.device)
-        absmax = torch.ops.bitsandbytes.dequantize_blockwise.default(absmax, inner.absmax, code, inner.blocksize,
+        scales = torch.ops.bitsandbytes.dequantize_blockwise.default(absmax, inner.absmax, code, inner.blocksize,
                                                                      inner.dtype)
-        absmax += state.offset
-        if absmax.dtype != torch.float32:
-            absmax = absmax.float()
-    return torch.ops.bitsandbytes.dequantize_4bit.default(packed, absmax, state.blocksize, state.quant_type,
-                                                          state.shape, state.dtype)
+    scales += state.offset
+    return scales if scales.dtype == torch.float32 else scales.float()
 
 
-def _dense_weight(base_layer, dtype):
-    """The frozen weight as a (out, in) matrix in `dtype`, de-quantising a 4-bit one."""
+def _dequantize_4bit(packed, state, scales=None):
+    """bitsandbytes' `functional.dequantize_4bit(packed, state)`, without the checks and wrappers around it.
+
+    `scales`: the weight's `_block_scales`, when the caller kept them from an earlier call. This runs three
+    times per projection per micro-batch, 2,688 times per 8B step, so the Python around it shows in a
+    CPU-bound step: on one CUDA GPU it calls bitsandbytes' C functions directly (about 5 us each instead of
+    50), elsewhere its operators, with the same arguments.
+    """
+    if scales is None:
+        scales = _block_scales(packed, state)
+    functions = _native_path(packed, state)
+    if functions is None:
+        return torch.ops.bitsandbytes.dequantize_4bit.default(packed, scales, state.blocksize, state.quant_type,
+                                                              state.shape, state.dtype)
+    out = torch.empty(state.shape, dtype=state.dtype, device=packed.device)
+    functions[state.dtype, state.quant_type](None, packed.data_ptr(), scales.data_ptr(), out.data_ptr(),
+                                             state.blocksize, out.numel(),
+                                             torch._C._cuda_getCurrentRawStream(packed.device.index))
+    return out
+
+
+def _dense_weight(base_layer, dtype, scales=None):
+    """The frozen weight as a (out, in) matrix in `dtype`, and the block scales it used (None unless 4-bit)."""
     weight = base_layer.weight
     quant_state = getattr(weight, "quant_state", None)
-    if quant_state is not None:
-        return _dequantize_4bit(weight.data, quant_state).to(dtype)
-    return weight.to(dtype)
+    if quant_state is None:
+        return weight.to(dtype), None
+    if scales is None:
+        scales = _block_scales(weight.data, quant_state)
+    return _dequantize_4bit(weight.data, quant_state, scales).to(dtype), scales
+
+
+@functools.cache
+def _float32_products(device_index):
+    """True when this GPU's matrix multiply writes bf16/fp16 products straight to float32 (`out_dtype`)."""
+    try:
+        a = torch.ones(2, 2, dtype=torch.bfloat16, device=f"cuda:{device_index}")
+        return torch.mm(a, a, out_dtype=torch.float32).dtype == torch.float32
+    except (RuntimeError, TypeError):
+        return False
+
+
+def _product(a, b, dtype):
+    """a @ b in `dtype`: a float32 adapter's gradient comes out of the multiply, without a cast after it."""
+    if dtype != a.dtype and dtype == torch.float32 and a.is_cuda and _float32_products(a.device.index):
+        return torch.mm(a, b, out_dtype=torch.float32)
+    return torch.mm(a, b)
+
+
+def _frozen_plus_low_rank(x, weight, low, low_weight, scale):
+    """x @ weight + scale * (low @ low_weight), with the small-rank product added in the large multiply's epilogue.
+
+    The rank-r product is written once; the large multiply reads it as it writes its own result (cuBLAS's
+    beta), instead of a second pass that reads and writes the whole (tokens x width) output again.
+    """
+    return torch.addmm(torch.mm(low, low_weight), x, weight, beta=scale)
 
 
 class _LoraProjection(torch.autograd.Function):
@@ -50,7 +134,8 @@ class _LoraProjection(torch.autograd.Function):
 
     Everything runs in `dtype` (the autocast dtype while training in mixed precision); the inputs are
     already in it or cast once, so autocast has nothing left to do. Kept lean: on a large GPU the
-    Python work per projection, not the arithmetic, is what a training step waits for.
+    Python work per projection, not the arithmetic, is what a training step waits for. The backward pass
+    reuses the forward pass's block scales (a few MB a layer) instead of de-quantising them again.
     """
 
     @staticmethod
@@ -59,29 +144,37 @@ class _LoraProjection(torch.autograd.Function):
         if flat.dtype != dtype:
             flat = flat.to(dtype)
         down_weight, up_weight = lora_A.to(dtype), lora_B.to(dtype)
-        weight = _dense_weight(base_layer, dtype)
+        weight, scales = _dense_weight(base_layer, dtype)
         bias = base_layer.bias
-        out = torch.mm(flat, weight.t()) if bias is None else torch.addmm(bias.to(dtype), flat, weight.t())
         down = torch.mm(flat, down_weight.t())  # (tokens, r): small
-        out.addmm_(down, up_weight.t(), alpha=scale)
-        ctx.save_for_backward(flat, down, down_weight, up_weight)
-        ctx.base_layer, ctx.scale, ctx.input_shape = base_layer, scale, x.shape
+        if bias is None:
+            out = _frozen_plus_low_rank(flat, weight.t(), down, up_weight.t(), scale)
+        else:
+            out = torch.addmm(bias.to(dtype), flat, weight.t())
+            out.addmm_(down, up_weight.t(), alpha=scale)
+        ctx.save_for_backward(flat, down, down_weight, up_weight, scales)
+        ctx.base_layer, ctx.scale, ctx.input_shape, ctx.adapter_dtype = base_layer, scale, x.shape, lora_A.dtype
         return out.view(*x.shape[:-1], out.shape[-1])
 
     @staticmethod
     def backward(ctx, grad_output):
-        flat, down, down_weight, up_weight = ctx.saved_tensors
-        scale = ctx.scale
+        flat, down, down_weight, up_weight, scales = ctx.saved_tensors
+        scale, adapter_dtype = ctx.scale, ctx.adapter_dtype
         grad = grad_output.reshape(-1, grad_output.shape[-1]).to(flat.dtype)
-        grad_down = torch.mm(grad, up_weight).mul_(scale)  # (tokens, r)
-        grad_up_weight = torch.mm(grad.t(), down).mul_(scale) if ctx.needs_input_grad[2] else None
-        grad_down_weight = torch.mm(grad_down.t(), flat) if ctx.needs_input_grad[1] else None
-        grad_x = None
+        grad_down = torch.mm(grad, up_weight)  # (tokens, r)
+        if scale != 1.0:
+            grad_down.mul_(scale)
+        grad_up_weight = grad_down_weight = grad_x = None
+        if ctx.needs_input_grad[2]:
+            grad_up_weight = _product(grad.t(), down, adapter_dtype)
+            if scale != 1.0:
+                grad_up_weight.mul_(scale)
+        if ctx.needs_input_grad[1]:
+            grad_down_weight = _product(grad_down.t(), flat, adapter_dtype)
         if ctx.needs_input_grad[0]:
-            grad_x = torch.mm(grad, _dense_weight(ctx.base_layer, flat.dtype))
-            grad_x.addmm_(grad_down, down_weight)
-            grad_x = grad_x.view(ctx.input_shape)
-        # autograd casts the adapter gradients to the adapters' own dtype (float32 under mixed precision)
+            weight = _dense_weight(ctx.base_layer, flat.dtype, scales)[0]
+            grad_x = _frozen_plus_low_rank(grad, weight, grad_down, down_weight, 1.0).view(ctx.input_shape)
+        # where the product could not be float32, autograd casts the adapter gradients to the adapters' dtype
         return grad_x, grad_down_weight, grad_up_weight, None, None, None
 
 
