@@ -55,6 +55,8 @@ def tables(results):
     lines = [f"### {results['date']}, {results['gpu']}", "",
              "Versions: " + ", ".join(f"{k} {v}" for k, v in results["versions"].items() if v), "",
              f"Command: `{results['command']}`", ""]
+    if results.get("note"):
+        lines += [f"Note: {results['note']}", ""]
     lines += ["| case | system | tokens/s | peak reserved GB | peak allocated GB | load s | first loss | last loss "
               "| parity loss | vs plain tokens/s | vs unsloth tokens/s | vs unsloth reserved |",
               "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]

@@ -254,15 +254,6 @@ def _switch_off(names):
         from ftlib import fused_lora
 
         fused_lora._native_dequantizers = lambda: None
-    if "epilogue" in names:  # the adapter's product added by a second pass over the output, not in the multiply
-        import torch
-
-        from ftlib import fused_lora
-
-        def second_pass(x, weight, low, low_weight, scale):
-            return torch.mm(x, weight).addmm_(low, low_weight, alpha=scale)
-
-        fused_lora._frozen_plus_low_rank = second_pass
     if "torch_rms_norm" in names:  # Liger's RMSNorm kernel instead of PyTorch's
         acceleration.TORCH_RMS_NORM_MODELS = set()
     if "prefetch" in names:  # offloaded inputs copied back when their layer's backward starts, not a layer early
@@ -662,9 +653,6 @@ def plan(name):
                       _spec("unsloth", eight, steps=6, warmup=2, repeat=repeat)]
             specs += [_spec("plain", eight, steps=6, warmup=2)] if repeat == 1 else []
         return specs
-    if name == "epilogue":  # the adapter's product added in the frozen multiply's epilogue, on and off, beside the trio
-        return [_spec("ftlib", eight, steps=6, warmup=2), _spec("ftlib", eight, steps=6, warmup=2, off=["epilogue"]),
-                _spec("plain", eight, steps=6, warmup=2), _spec("unsloth", eight, steps=6, warmup=2)]
     if name == "unsloth":  # a second call when the first could not import Unsloth
         return [_spec("unsloth", eight, steps=4), _spec("unsloth", one, steps=4)]
     if name == "more":
@@ -674,7 +662,7 @@ def plan(name):
         specs += [_spec(system, one, mix="variable") for system in SYSTEMS]
         specs += [_spec(system, one, method="lora16") for system in SYSTEMS]
         return specs
-    raise SystemExit(f"unknown plan {name!r}: use smoke, main, more, next, next2, rest, prefetch, final, gaps, launch, lean, epilogue, explore, explore2 or unsloth")
+    raise SystemExit(f"unknown plan {name!r}: use smoke, main, more, next, next2, rest, prefetch, final, gaps, launch, lean, explore, explore2 or unsloth")
 
 
 # ---------------------------------------------------------------------------------------------------------

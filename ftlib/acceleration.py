@@ -7,9 +7,9 @@ elsewhere, silently, so the same notebook runs on a laptop and on Colab.
 
 What ftlib does on a CUDA GPU, and why:
 
-- Liger kernels (SwiGLU, RoPE) and PyTorch's fused RMSNorm (Liger's for models whose norm differs): one
-  fused kernel instead of several PyTorch ops, so fewer passes over the activations. The fused loss head comes from TRL's trainer, which never builds
-  the (batch, length, vocabulary) logits.
+- Fused kernels: Liger's SwiGLU and RoPE, and PyTorch's own RMSNorm (Liger's for models whose norm is not
+  Llama's), each one kernel instead of several PyTorch ops, so fewer passes over the activations. The
+  fused loss head comes from TRL's trainer, which never builds the (batch, length, vocabulary) logits.
 - Norms and embeddings stay in the compute dtype: the usual `prepare_model_for_kbit_training` casts
   them to float32, which costs memory and an extra cast in every layer and changes nothing a LoRA
   adapter learns.
@@ -82,28 +82,30 @@ def _dispatch_by_device(fast, plain):
     return apply_rotary_pos_emb
 
 
-# Models whose RMSNorm is y = weight * (x / rms(x)), which PyTorch's own fused kernel computes (in float32, as
-# they do): it costs the CPU a quarter of what Liger's Triton launch does, and the step is CPU-bound.
+# Models whose RMSNorm is y = weight * (x / rms(x)), which PyTorch's fused kernel computes (in float32, as they
+# do). A call costs the CPU a sixth of Liger's Triton launch (12.5 against 77.6 us on the H200,
+# benchmarks/launch_costs.json), which counts where a step waits on Python.
 TORCH_RMS_NORM_MODELS = {"llama", "mistral", "qwen2", "qwen3"}
 
 
 def _fused_rms_norm_forward(self, hidden_states):
-    """A Llama-style RMSNorm in one PyTorch kernel, when input and weight share a dtype on a GPU."""
+    """A Llama-style RMSNorm in one PyTorch kernel, when input and weight share a dtype on a GPU.
+
+    Autocast leaves `rms_norm` in the input's dtype (checked on the H200 by benchmarks/launch_costs.py).
+    """
     weight = self.weight
     if not hidden_states.is_cuda or hidden_states.dtype != weight.dtype:
         return type(self).forward(self, hidden_states)
-    if torch.is_autocast_enabled("cuda"):  # autocast would run it in float32 and return float32
-        with torch.autocast("cuda", enabled=False):
-            return torch.nn.functional.rms_norm(hidden_states, weight.shape, weight, self.variance_epsilon)
     return torch.nn.functional.rms_norm(hidden_states, weight.shape, weight, self.variance_epsilon)
 
 
 def apply_liger_kernels(model):
-    """Swap in Liger's fused RMSNorm, SwiGLU and RoPE kernels on this model instance; returns their names.
+    """Swap in fused RMSNorm, SwiGLU and RoPE kernels on this model instance; returns their names.
 
     Example: `apply_liger_kernels(model)  # ['rms_norm', 'swiglu', 'rope']`
 
-    The fused linear cross-entropy stays off: TRL's trainer already computes the loss in chunks without
+    The RMSNorm is PyTorch's on the models of `TORCH_RMS_NORM_MODELS` and Liger's on the others; the rest are
+    Liger's. The fused linear cross-entropy stays off: TRL's trainer already computes the loss in chunks without
     the full logits, and refuses Liger's version. Liger patches some classes module-wide; those are put
     back afterwards so a model loaded later on the CPU still gets the plain classes, and the RoPE function
     (shared by every model of the architecture) runs Liger's kernel on CUDA tensors only.

@@ -7,6 +7,11 @@ straight into the base output by the matrix multiply (`addmm_`), and the same in
 the extra passes disappear; for an 8B model at 4,096 tokens that is about 5 GB of memory traffic a layer.
 The math is the same: y = x W^T + scale * (x A^T) B^T, with the same gradients.
 
+The Python around each projection is kept lean, because on a large GPU an 8B step waits on it: bitsandbytes'
+de-quantisers are called as C functions, the backward pass reuses the block scales the forward pass
+de-quantised, and the adapters' gradients come out of the multiply in their own dtype (float32) instead of
+being cast afterwards.
+
 Only the training path changes: generation (a model in eval mode, without gradients) keeps PEFT's own
 forward, which uses bitsandbytes' fast single-token kernel. Layers with dropout, DoRA or other LoRA
 variants, several active adapters or a merged adapter also keep PEFT's forward.
@@ -76,8 +81,8 @@ def _dequantize_4bit(packed, state, scales=None):
 
     `scales`: the weight's `_block_scales`, when the caller kept them from an earlier call. This runs three
     times per projection per micro-batch, 2,688 times per 8B step, so the Python around it shows in a
-    CPU-bound step: on one CUDA GPU it calls bitsandbytes' C functions directly (about 5 us each instead of
-    50), elsewhere its operators, with the same arguments.
+    CPU-bound step: on one CUDA GPU it calls bitsandbytes' C functions directly (34 us of CPU time a call
+    instead of 59 on the H200, benchmarks/launch_costs.json), elsewhere its operators, with the same arguments.
     """
     if scales is None:
         scales = _block_scales(packed, state)
@@ -120,15 +125,6 @@ def _product(a, b, dtype):
     return torch.mm(a, b)
 
 
-def _frozen_plus_low_rank(x, weight, low, low_weight, scale):
-    """x @ weight + scale * (low @ low_weight), with the small-rank product added in the large multiply's epilogue.
-
-    The rank-r product is written once; the large multiply reads it as it writes its own result (cuBLAS's
-    beta), instead of a second pass that reads and writes the whole (tokens x width) output again.
-    """
-    return torch.addmm(torch.mm(low, low_weight), x, weight, beta=scale)
-
-
 class _LoraProjection(torch.autograd.Function):
     """y = x W^T (+ bias) + scale * (x A^T) B^T, with W frozen (possibly 4-bit) and A, B trained.
 
@@ -146,12 +142,9 @@ class _LoraProjection(torch.autograd.Function):
         down_weight, up_weight = lora_A.to(dtype), lora_B.to(dtype)
         weight, scales = _dense_weight(base_layer, dtype)
         bias = base_layer.bias
+        out = torch.mm(flat, weight.t()) if bias is None else torch.addmm(bias.to(dtype), flat, weight.t())
         down = torch.mm(flat, down_weight.t())  # (tokens, r): small
-        if bias is None:
-            out = _frozen_plus_low_rank(flat, weight.t(), down, up_weight.t(), scale)
-        else:
-            out = torch.addmm(bias.to(dtype), flat, weight.t())
-            out.addmm_(down, up_weight.t(), alpha=scale)
+        out.addmm_(down, up_weight.t(), alpha=scale)
         ctx.save_for_backward(flat, down, down_weight, up_weight, scales)
         ctx.base_layer, ctx.scale, ctx.input_shape, ctx.adapter_dtype = base_layer, scale, x.shape, lora_A.dtype
         return out.view(*x.shape[:-1], out.shape[-1])
@@ -172,8 +165,9 @@ class _LoraProjection(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             grad_down_weight = _product(grad_down.t(), flat, adapter_dtype)
         if ctx.needs_input_grad[0]:
-            weight = _dense_weight(ctx.base_layer, flat.dtype, scales)[0]
-            grad_x = _frozen_plus_low_rank(grad, weight, grad_down, down_weight, 1.0).view(ctx.input_shape)
+            grad_x = torch.mm(grad, _dense_weight(ctx.base_layer, flat.dtype, scales)[0])
+            grad_x.addmm_(grad_down, down_weight)
+            grad_x = grad_x.view(ctx.input_shape)
         # where the product could not be float32, autograd casts the adapter gradients to the adapters' dtype
         return grad_x, grad_down_weight, grad_up_weight, None, None, None
 

@@ -159,6 +159,25 @@ def test_rope_dispatch_uses_the_plain_function_on_cpu_tensors():
     assert dispatch._ftlib_plain is plain
 
 
+def test_pytorch_rms_norm_computes_the_llama_norm():
+    """PyTorch's RMSNorm, which replaces Liger's on Llama-style models on a GPU, is the Llama norm within one
+    bf16 rounding step; on CPU tensors the replacement hands over to the model's own forward, bit for bit."""
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    norm = LlamaRMSNorm(64, eps=1e-5).to(torch.bfloat16)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        norm.weight.copy_(1 + 0.1 * torch.randn(64, generator=generator))
+        hidden = (3 * torch.randn(8, 64, generator=generator)).to(torch.bfloat16)
+        expected = norm(hidden)
+        assert torch.equal(acceleration._fused_rms_norm_forward(norm, hidden), expected)
+        fused = torch.nn.functional.rms_norm(hidden, norm.weight.shape, norm.weight, norm.variance_epsilon)
+    assert fused.dtype == torch.bfloat16
+    one_step = expected.float().abs() * 2 ** -7  # bf16 keeps 8 significant bits
+    assert ((fused.float() - expected.float()).abs() <= one_step).all()
+    assert {"llama", "mistral", "qwen2", "qwen3"} <= acceleration.TORCH_RMS_NORM_MODELS
+
+
 def test_liger_is_not_available_without_a_gpu():
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
