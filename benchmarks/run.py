@@ -645,8 +645,8 @@ def plan(name):
             specs += [_spec("plain", eight, steps=6, warmup=2)] if repeat == 1 else []
         return specs
     if name == "lean":  # fewer kernels per projection (float32 gradients, block scales reused): the trio, twice.
-        # Its first call (00:25) also tried keeping the adapters' bfloat16 casts between optimizer steps, in the
-        # runs named run1 and run2; the run named "no-kept_casts" is the form that stayed (since removed switch).
+        # Its call at 23:28 also had ftlib keep the adapters' bfloat16 casts between optimizer steps (removed since)
+        # in run1 and run2, and ran the committed form once more, as "no-kept_casts" (a switch removed with it).
         specs = []
         for repeat in (1, 2):
             specs += [_spec("ftlib", eight, steps=6, warmup=2, repeat=repeat),

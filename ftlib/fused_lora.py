@@ -57,13 +57,15 @@ def _native_path(packed, state):
     return functions
 
 
-def _block_scales(packed, state):
-    """The float32 scale of each block of a 4-bit weight (themselves 8-bit under double quantisation)."""
+def _block_scales(state, functions):
+    """The float32 scale of each block of a 4-bit weight (themselves 8-bit under double quantisation).
+
+    `functions`: `_native_path`'s answer for the weight (None: bitsandbytes' operators).
+    """
     absmax = state.absmax
     if not state.nested:
         return absmax
     inner = state.state2
-    functions = _native_path(packed, state)
     if functions is not None:
         scales = torch.empty(absmax.shape, dtype=torch.float32, device=absmax.device)
         functions["scales"](inner.code.data_ptr(), absmax.data_ptr(), inner.absmax.data_ptr(), scales.data_ptr(),
@@ -84,9 +86,9 @@ def _dequantize_4bit(packed, state, scales=None):
     CPU-bound step: on one CUDA GPU it calls bitsandbytes' C functions directly (34 us of CPU time a call
     instead of 59 on the H200, benchmarks/launch_costs.json), elsewhere its operators, with the same arguments.
     """
-    if scales is None:
-        scales = _block_scales(packed, state)
     functions = _native_path(packed, state)
+    if scales is None:
+        scales = _block_scales(state, functions)
     if functions is None:
         return torch.ops.bitsandbytes.dequantize_4bit.default(packed, scales, state.blocksize, state.quant_type,
                                                               state.shape, state.dtype)
@@ -104,15 +106,15 @@ def _dense_weight(base_layer, dtype, scales=None):
     if quant_state is None:
         return weight.to(dtype), None
     if scales is None:
-        scales = _block_scales(weight.data, quant_state)
+        scales = _block_scales(quant_state, _native_path(weight.data, quant_state))
     return _dequantize_4bit(weight.data, quant_state, scales).to(dtype), scales
 
 
 @functools.cache
-def _float32_products(device_index):
-    """True when this GPU's matrix multiply writes bf16/fp16 products straight to float32 (`out_dtype`)."""
+def _float32_products(device_index, dtype):
+    """True when this GPU's matrix multiply writes products of two `dtype` matrices straight to float32."""
     try:
-        a = torch.ones(2, 2, dtype=torch.bfloat16, device=f"cuda:{device_index}")
+        a = torch.ones(2, 2, dtype=dtype, device=f"cuda:{device_index}")
         return torch.mm(a, a, out_dtype=torch.float32).dtype == torch.float32
     except (RuntimeError, TypeError):
         return False
@@ -120,7 +122,7 @@ def _float32_products(device_index):
 
 def _product(a, b, dtype):
     """a @ b in `dtype`: a float32 adapter's gradient comes out of the multiply, without a cast after it."""
-    if dtype != a.dtype and dtype == torch.float32 and a.is_cuda and _float32_products(a.device.index):
+    if dtype != a.dtype and dtype == torch.float32 and a.is_cuda and _float32_products(a.device.index, a.dtype):
         return torch.mm(a, b, out_dtype=torch.float32)
     return torch.mm(a, b)
 

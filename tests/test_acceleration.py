@@ -473,4 +473,3 @@ def test_benchmark_gap_report_finds_the_idle_time_of_the_busiest_stream():
     assert gaps["idle_ms"] == 2.6 and gaps["gaps_over_1ms"] == 1 and gaps["idle_in_gaps_over_1ms"] == 2.5
     assert gaps["longest"][0] == {"ms": 2.5, "at_ms": 1.5, "after": "gemm", "before": "norm"}
     assert benchmark.stream_gaps([event("aten::mm", 0, 1, device="DeviceType.CPU")]) == {"error": "no device events"}
-
