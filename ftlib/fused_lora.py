@@ -78,17 +78,20 @@ def _block_scales(state, functions):
     return scales if scales.dtype == torch.float32 else scales.float()
 
 
-def _dequantize_4bit(packed, state, scales=None):
+def _dequantize_4bit(packed, state):
     """bitsandbytes' `functional.dequantize_4bit(packed, state)`, without the checks and wrappers around it.
 
-    `scales`: the weight's `_block_scales`, when the caller kept them from an earlier call. This runs three
-    times per projection per micro-batch, 2,688 times per 8B step, so the Python around it shows in a
-    CPU-bound step: on one CUDA GPU it calls bitsandbytes' C functions directly (34 us of CPU time a call
-    instead of 59 on the H200, benchmarks/launch_costs.json), elsewhere its operators, with the same arguments.
+    This runs three times per projection per micro-batch, 2,688 times per 8B step, so the Python around it
+    shows in a CPU-bound step: on one CUDA GPU it calls bitsandbytes' C functions directly (34 us of CPU time
+    a call instead of 59 on the H200, benchmarks/launch_costs.json), elsewhere its operators, with the same
+    arguments.
     """
     functions = _native_path(packed, state)
-    if scales is None:
-        scales = _block_scales(state, functions)
+    return _unpack_4bit(packed, state, _block_scales(state, functions), functions)
+
+
+def _unpack_4bit(packed, state, scales, functions):
+    """The 4-bit weight in `state.dtype`, from its float32 block scales (`functions`: as for `_block_scales`)."""
     if functions is None:
         return torch.ops.bitsandbytes.dequantize_4bit.default(packed, scales, state.blocksize, state.quant_type,
                                                               state.shape, state.dtype)
@@ -100,14 +103,18 @@ def _dequantize_4bit(packed, state, scales=None):
 
 
 def _dense_weight(base_layer, dtype, scales=None):
-    """The frozen weight as a (out, in) matrix in `dtype`, and the block scales it used (None unless 4-bit)."""
+    """The frozen weight as a (out, in) matrix in `dtype`, and its block scales (None unless 4-bit).
+
+    `scales`: the ones an earlier call returned for this weight, so they are not de-quantised again.
+    """
     weight = base_layer.weight
     quant_state = getattr(weight, "quant_state", None)
     if quant_state is None:
         return weight.to(dtype), None
+    functions = _native_path(weight.data, quant_state)
     if scales is None:
-        scales = _block_scales(quant_state, _native_path(weight.data, quant_state))
-    return _dequantize_4bit(weight.data, quant_state, scales).to(dtype), scales
+        scales = _block_scales(quant_state, functions)
+    return _unpack_4bit(weight.data, quant_state, scales, functions).to(dtype), scales
 
 
 @functools.cache
