@@ -3,7 +3,8 @@
 A QLoRA step of an 8B model on a large GPU waits on Python: the GPU finishes each kernel before the CPU
 has queued the next. This times the pieces ftlib chooses between, on tensors so small that the GPU's
 share is negligible, so each figure is the CPU's cost of one call (microseconds). It also checks that the
-faster piece gives the same numbers as the one it replaces.
+faster piece gives the same numbers as the one it replaces, and times the de-quantisers on the GPU alone
+(replayed from a CUDA graph, so without the CPU's part) for the 8B model's weight shapes.
 
     python3 benchmarks/launch_costs.py [--out costs.json]
 """
@@ -27,29 +28,78 @@ def per_call_microseconds(function, repeats=2000):
     return round((time.perf_counter() - started) / repeats * 1e6, 1)
 
 
+def gpu_microseconds(function, repeats=50):
+    """GPU time per call of `function()`: its kernels captured once in a CUDA graph and replayed."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up (Triton compiles) outside the capture
+        function()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(repeats):
+            function()
+    graph.replay()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(5):
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    return round(start.elapsed_time(end) / (5 * repeats) * 1000, 1)
+
+
+def _quantized(shape):
+    import bitsandbytes
+
+    weight = torch.randn(*shape, dtype=torch.bfloat16, device="cuda")
+    return bitsandbytes.functional.quantize_4bit(weight, quant_type="nf4", compress_statistics=True)
+
+
+def _without_kernel(function):
+    """`function()` with ftlib's NF4 kernel turned off (bitsandbytes' C functions de-quantise)."""
+    from ftlib import nf4_kernel
+
+    saved = nf4_kernel._kernel
+    nf4_kernel._kernel = lambda: None
+    try:
+        return function()
+    finally:
+        nf4_kernel._kernel = saved
+
+
 def dequantisation(results):
     import bitsandbytes
 
-    from ftlib import fused_lora
+    from ftlib import fused_lora, nf4_kernel
 
-    weight = torch.randn(4096, 4096, dtype=torch.bfloat16, device="cuda")
-    packed, state = bitsandbytes.functional.quantize_4bit(weight, quant_type="nf4", compress_statistics=True)
+    packed, state = _quantized((4096, 4096))
     expected = bitsandbytes.functional.dequantize_4bit(packed, state)
-    functions = fused_lora._native_dequantizers()
-    results["native_dequantizers_found"] = functions is not None
-    results["native_dequantize_equal"] = bool(torch.equal(fused_lora._dequantize_4bit(packed, state), expected))
-    small_weight = torch.randn(64, 64, dtype=torch.bfloat16, device="cuda")
-    small, small_state = bitsandbytes.functional.quantize_4bit(small_weight, quant_type="nf4", compress_statistics=True)
+    results["nf4_kernel_found"] = nf4_kernel._kernel() is not None
+    results["nf4_kernel_equal"] = bool(torch.equal(nf4_kernel.dequantize(packed, state), expected))
+    results["native_dequantizers_found"] = fused_lora._native_dequantizers() is not None
+    results["native_dequantize_equal"] = bool(torch.equal(
+        _without_kernel(lambda: fused_lora._dequantize_4bit(packed, state)[0]), expected))
+    small, small_state = _quantized((64, 64))
     results["us_dequantize_bitsandbytes_functional"] = per_call_microseconds(
         lambda: bitsandbytes.functional.dequantize_4bit(small, small_state))
-    results["us_dequantize_native"] = per_call_microseconds(lambda: fused_lora._dequantize_4bit(small, small_state))
+    results["us_dequantize_nf4_kernel"] = per_call_microseconds(lambda: fused_lora._dequantize_4bit(small, small_state))
+    results["us_dequantize_native"] = _without_kernel(
+        lambda: per_call_microseconds(lambda: fused_lora._dequantize_4bit(small, small_state)))
     saved = fused_lora._native_dequantizers
     fused_lora._native_dequantizers = lambda: None
     try:
-        results["us_dequantize_operators"] = per_call_microseconds(
-            lambda: fused_lora._dequantize_4bit(small, small_state))
+        results["us_dequantize_operators"] = _without_kernel(
+            lambda: per_call_microseconds(lambda: fused_lora._dequantize_4bit(small, small_state)))
     finally:
         fused_lora._native_dequantizers = saved
+    for shape in ((4096, 4096), (1024, 4096), (14336, 4096)):  # the 8B model's q/o, k/v and MLP weights
+        packed, state = _quantized(shape)
+        name = "x".join(map(str, shape))
+        results[f"gpu_us_dequantize_{name}_nf4_kernel"] = gpu_microseconds(
+            lambda: fused_lora._dequantize_4bit(packed, state))
+        results[f"gpu_us_dequantize_{name}_bitsandbytes"] = _without_kernel(
+            lambda: gpu_microseconds(lambda: fused_lora._dequantize_4bit(packed, state)))
 
 
 def norms(results):

@@ -254,6 +254,10 @@ def _switch_off(names):
         from ftlib import fused_lora
 
         fused_lora._native_dequantizers = lambda: None
+    if "nf4_kernel" in names:  # 4-bit weights de-quantised by bitsandbytes' kernels, not ftlib's one-pass kernel
+        from ftlib import nf4_kernel
+
+        nf4_kernel._kernel = lambda: None
     if "torch_rms_norm" in names:  # Liger's RMSNorm kernel instead of PyTorch's
         acceleration.TORCH_RMS_NORM_MODELS = set()
     if "prefetch" in names:  # offloaded inputs copied back when their layer's backward starts, not a layer early
@@ -653,6 +657,15 @@ def plan(name):
                       _spec("unsloth", eight, steps=6, warmup=2, repeat=repeat)]
             specs += [_spec("plain", eight, steps=6, warmup=2)] if repeat == 1 else []
         return specs
+    if name == "kernel":  # ftlib's one-pass NF4 kernel on and off, alternately, beside plain and Unsloth; then a
+        # gap report of each. The calls at 00:29 and 00:36 UTC ran earlier orders of these runs (results.json notes)
+        specs = []
+        for repeat in (1, 2):
+            specs += [_spec("ftlib", eight, steps=6, warmup=2, repeat=repeat),
+                      _spec("ftlib", eight, steps=6, warmup=2, repeat=repeat, off=["nf4_kernel"])]
+            specs += [_spec("plain" if repeat == 1 else "unsloth", eight, steps=6, warmup=2)]
+        return specs + [_spec("ftlib", eight, steps=5, warmup=2, profile="gaps", off=off)
+                        for off in ([], ["nf4_kernel"])]
     if name == "unsloth":  # a second call when the first could not import Unsloth
         return [_spec("unsloth", eight, steps=4), _spec("unsloth", one, steps=4)]
     if name == "more":
@@ -662,7 +675,7 @@ def plan(name):
         specs += [_spec(system, one, mix="variable") for system in SYSTEMS]
         specs += [_spec(system, one, method="lora16") for system in SYSTEMS]
         return specs
-    raise SystemExit(f"unknown plan {name!r}: use smoke, main, more, next, next2, rest, prefetch, final, gaps, launch, lean, explore, explore2 or unsloth")
+    raise SystemExit(f"unknown plan {name!r}: use smoke, main, more, next, next2, rest, prefetch, final, gaps, launch, lean, kernel, explore, explore2 or unsloth")
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -7,10 +7,10 @@ straight into the base output by the matrix multiply (`addmm_`), and the same in
 the extra passes disappear; for an 8B model at 4,096 tokens that is about 5 GB of memory traffic a layer.
 The math is the same: y = x W^T + scale * (x A^T) B^T, with the same gradients.
 
-The Python around each projection is kept lean, because on a large GPU an 8B step waits on it: bitsandbytes'
-de-quantisers are called as C functions, the backward pass reuses the block scales the forward pass
-de-quantised, and the adapters' gradients come out of the multiply in their own dtype (float32) instead of
-being cast afterwards.
+The Python around each projection is kept lean, because on a large GPU an 8B step waits on it: the 4-bit
+weights are de-quantised in one kernel launch (`nf4_kernel.py`) or through bitsandbytes' C functions, the
+backward pass reuses the block scales where the forward pass worked them out separately, and the adapters'
+gradients come out of the multiply in their own dtype (float32) instead of being cast afterwards.
 
 Only the training path changes: generation (a model in eval mode, without gradients) keeps PEFT's own
 forward, which uses bitsandbytes' fast single-token kernel. Layers with dropout, DoRA or other LoRA
@@ -21,6 +21,8 @@ import functools
 import types
 
 import torch
+
+from ftlib import nf4_kernel
 
 
 @functools.cache
@@ -78,32 +80,33 @@ def _block_scales(state, functions):
     return scales if scales.dtype == torch.float32 else scales.float()
 
 
-def _dequantize_4bit(packed, state):
-    """bitsandbytes' `functional.dequantize_4bit(packed, state)`, without the checks and wrappers around it.
+def _dequantize_4bit(packed, state, scales=None):
+    """A 4-bit weight in `state.dtype`, as bitsandbytes' `functional.dequantize_4bit` gives it, and its block scales.
 
-    This runs three times per projection per micro-batch, 2,688 times per 8B step, so the Python around it
-    shows in a CPU-bound step: on one CUDA GPU it calls bitsandbytes' C functions directly (34 us of CPU time
-    a call instead of 59 on the H200, benchmarks/launch_costs.json), elsewhere its operators, with the same
-    arguments.
+    This runs three times per projection per micro-batch, 2,688 times per 8B step, so its GPU time and the
+    Python around it both show. ftlib's one-pass NF4 kernel serves where it can (`nf4_kernel.py`; the scales
+    returned are then None); otherwise, on one CUDA GPU, bitsandbytes' C functions are called directly, and
+    elsewhere its operators, with the same arguments. `scales`: the ones an earlier call returned for this
+    weight, so they are not de-quantised again.
     """
+    dense = nf4_kernel.dequantize(packed, state)
+    if dense is not None:
+        return dense, None
     functions = _native_path(packed, state)
-    return _unpack_4bit(packed, state, _block_scales(state, functions), functions)
-
-
-def _unpack_4bit(packed, state, scales, functions):
-    """The 4-bit weight in `state.dtype`, from its float32 block scales (`functions`: as for `_block_scales`)."""
+    if scales is None:
+        scales = _block_scales(state, functions)
     if functions is None:
         return torch.ops.bitsandbytes.dequantize_4bit.default(packed, scales, state.blocksize, state.quant_type,
-                                                              state.shape, state.dtype)
-    out = torch.empty(state.shape, dtype=state.dtype, device=packed.device)
-    functions[state.dtype, state.quant_type](None, packed.data_ptr(), scales.data_ptr(), out.data_ptr(),
-                                             state.blocksize, out.numel(),
+                                                              state.shape, state.dtype), scales
+    dense = torch.empty(state.shape, dtype=state.dtype, device=packed.device)
+    functions[state.dtype, state.quant_type](None, packed.data_ptr(), scales.data_ptr(), dense.data_ptr(),
+                                             state.blocksize, dense.numel(),
                                              torch._C._cuda_getCurrentRawStream(packed.device.index))
-    return out
+    return dense, scales
 
 
 def _dense_weight(base_layer, dtype, scales=None):
-    """The frozen weight as a (out, in) matrix in `dtype`, and its block scales (None unless 4-bit).
+    """The frozen weight as a (out, in) matrix in `dtype`, and its block scales (None unless 4-bit and needed).
 
     `scales`: the ones an earlier call returned for this weight, so they are not de-quantised again.
     """
@@ -111,10 +114,8 @@ def _dense_weight(base_layer, dtype, scales=None):
     quant_state = getattr(weight, "quant_state", None)
     if quant_state is None:
         return weight.to(dtype), None
-    functions = _native_path(weight.data, quant_state)
-    if scales is None:
-        scales = _block_scales(quant_state, functions)
-    return _unpack_4bit(weight.data, quant_state, scales, functions).to(dtype), scales
+    dense, scales = _dequantize_4bit(weight.data, quant_state, scales)
+    return dense.to(dtype), scales
 
 
 @functools.cache

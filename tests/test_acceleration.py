@@ -346,12 +346,19 @@ def test_fused_lora_matches_peft_in_bfloat16_on_cuda(tiny_path):
 
 
 @pytest.mark.parametrize("double_quant", [True, False])
-def test_fused_lora_dequantises_exactly_as_bitsandbytes(tiny_path, double_quant, monkeypatch):
-    """The direct operator calls give bitsandbytes' own de-quantised weights, bit for bit."""
+@pytest.mark.parametrize("nf4_kernel", [True, False])
+def test_fused_lora_dequantises_exactly_as_bitsandbytes(tiny_path, double_quant, nf4_kernel, monkeypatch):
+    """Each way ftlib de-quantises gives bitsandbytes' own weights, bit for bit, and the backward pass's reuse
+    of the block scales changes nothing: the NF4 kernel (on a GPU with Triton), bitsandbytes' C functions (on
+    one GPU) or its operators (elsewhere)."""
     import bitsandbytes
 
     from ftlib import models
+    from ftlib import nf4_kernel as kernel_module
     from ftlib.fused_lora import _dequantize_4bit
+
+    if not nf4_kernel:
+        monkeypatch.setattr(kernel_module, "_kernel", lambda: None)
 
     plain_config = models._quantization_config
 
@@ -368,7 +375,71 @@ def test_fused_lora_dequantises_exactly_as_bitsandbytes(tiny_path, double_quant,
     assert all(weight.quant_state.nested == double_quant for weight in weights)
     for weight in weights:
         expected = bitsandbytes.functional.dequantize_4bit(weight.data, weight.quant_state)
-        assert torch.equal(_dequantize_4bit(weight.data, weight.quant_state), expected)
+        dense, scales = _dequantize_4bit(weight.data, weight.quant_state)
+        assert torch.equal(dense, expected)
+        assert torch.equal(_dequantize_4bit(weight.data, weight.quant_state, scales)[0], expected)
+
+
+def _nf4_by_the_format(packed, state):
+    """An NF4 weight made dense the slow, plain way: high half of each byte first, one scale per block."""
+    codes = packed.reshape(-1).long()
+    codes = torch.stack([codes >> 4, codes & 15], 1).reshape(-1)[: state.shape.numel()]
+    scales = state.absmax
+    if state.nested:
+        inner = state.state2
+        scales = inner.code[scales.long()] * inner.absmax.repeat_interleave(inner.blocksize)[: scales.numel()]
+        scales = scales + state.offset
+    values = state.code[codes] * scales.repeat_interleave(state.blocksize)[: codes.numel()]
+    return values.to(state.dtype).reshape(state.shape)
+
+
+_NF4_CASES = [((3, 37), 64), ((129, 65), 64), ((129, 65), 128), ((64, 96), 64)]  # partial blocks, several instances
+
+
+@pytest.mark.parametrize("nested", [True, False])
+def test_nf4_kernel_follows_the_4bit_format_in_tritons_interpreter(nested, monkeypatch):
+    """ftlib's NF4 kernel, run on the CPU by Triton's interpreter, decodes weights exactly as the format says."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    pytest.importorskip("triton")
+    import bitsandbytes
+
+    from ftlib import nf4_kernel
+
+    kernel = nf4_kernel.build_kernel()
+    torch.manual_seed(0)
+    for shape, blocksize in _NF4_CASES:
+        for dtype in (torch.float32, torch.float16, torch.bfloat16):
+            packed, state = bitsandbytes.functional.quantize_4bit(
+                torch.randn(*shape, dtype=dtype), blocksize=blocksize, quant_type="nf4", compress_statistics=nested)
+            dense, expected = nf4_kernel.launch(kernel, packed, state), _nf4_by_the_format(packed, state)
+            assert dense.dtype == dtype and dense.shape == shape
+            if dtype == torch.bfloat16:  # the interpreter rounds to bfloat16 by cutting bits; GPUs round to nearest
+                assert torch.allclose(dense.float(), expected.float(), rtol=2 ** -7, atol=0)
+            else:
+                assert torch.equal(dense, expected), (shape, blocksize, dtype)
+    fp4_packed, fp4_state = bitsandbytes.functional.quantize_4bit(torch.randn(64, 64), quant_type="fp4")
+    assert nf4_kernel.launch(kernel, fp4_packed, fp4_state) is None  # FP4 codes: bitsandbytes de-quantises
+    assert nf4_kernel.dequantize(packed, state) is None  # CPU tensors: bitsandbytes de-quantises
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("nested", [True, False])
+def test_nf4_kernel_dequantises_exactly_as_bitsandbytes_on_cuda(nested):
+    """On a GPU the one-pass kernel serves and gives bitsandbytes' own weights, bit for bit."""
+    import bitsandbytes
+
+    from ftlib import nf4_kernel
+
+    torch.manual_seed(0)
+    for shape, blocksize in _NF4_CASES + [((1024, 4096), 64), ((14336, 4096), 64)]:
+        for dtype in (torch.float32, torch.float16, torch.bfloat16):
+            packed, state = bitsandbytes.functional.quantize_4bit(
+                torch.randn(*shape, dtype=dtype, device="cuda"), blocksize=blocksize, quant_type="nf4",
+                compress_statistics=nested)
+            dense = nf4_kernel.dequantize(packed, state)
+            assert dense is not None, "the kernel should serve NF4 weights on one CUDA GPU"
+            assert torch.equal(dense, bitsandbytes.functional.dequantize_4bit(packed, state)), (shape, dtype)
+            assert torch.equal(dense, _nf4_by_the_format(packed, state))
 
 
 def test_expandable_segments_only_on_cuda_and_never_over_the_users_settings(monkeypatch):
