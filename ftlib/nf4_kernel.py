@@ -28,12 +28,12 @@ def _kernel():
     if not torch.cuda.is_available() or torch.cuda.device_count() != 1:
         return None  # one GPU: Triton launches on the current device, which is then every tensor's device
     try:
-        return build_kernel()
+        return _build_kernel()
     except ImportError:
         return None
 
 
-def build_kernel():
+def _build_kernel():
     """Define the kernel (a Triton JIT function; under TRITON_INTERPRET=1, Triton's CPU interpreter runs it)."""
     import triton
     import triton.language as tl
@@ -71,10 +71,10 @@ def dequantize(packed, state):
     (FP4 codes, a CPU, several GPUs, tensors in unusual layouts) gets None, so the caller falls back.
     """
     kernel = _kernel() if packed.is_cuda else None
-    return None if kernel is None else launch(kernel, packed, state)
+    return None if kernel is None else _launch(kernel, packed, state)
 
 
-def launch(kernel, packed, state):
+def _launch(kernel, packed, state):
     """Run `kernel` on one weight: its dense form, or None for a weight it does not handle."""
     if (state.quant_type != "nf4" or not packed.is_contiguous() or not state.absmax.is_contiguous()
             or state.code.device != packed.device):
@@ -82,8 +82,8 @@ def launch(kernel, packed, state):
     scales = state.absmax
     if state.nested:
         inner = state.state2
-        if not (torch.is_tensor(state.offset) and state.offset.dtype == torch.float32
-                and state.offset.device == inner.code.device == packed.device and inner.absmax.dtype == torch.float32):
+        if not (torch.is_tensor(state.offset) and state.offset.dtype == inner.absmax.dtype == torch.float32
+                and all(part.device == packed.device for part in (state.offset, inner.code, inner.absmax))):
             return None
         inner_codes, inner_scales, offset, inner_block = inner.code, inner.absmax, state.offset, inner.blocksize
     else:

@@ -405,20 +405,20 @@ def test_nf4_kernel_follows_the_4bit_format_in_tritons_interpreter(nested, monke
 
     from ftlib import nf4_kernel
 
-    kernel = nf4_kernel.build_kernel()
+    kernel = nf4_kernel._build_kernel()
     torch.manual_seed(0)
     for shape, blocksize in _NF4_CASES:
         for dtype in (torch.float32, torch.float16, torch.bfloat16):
             packed, state = bitsandbytes.functional.quantize_4bit(
                 torch.randn(*shape, dtype=dtype), blocksize=blocksize, quant_type="nf4", compress_statistics=nested)
-            dense, expected = nf4_kernel.launch(kernel, packed, state), _nf4_by_the_format(packed, state)
+            dense, expected = nf4_kernel._launch(kernel, packed, state), _nf4_by_the_format(packed, state)
             assert dense.dtype == dtype and dense.shape == shape
             if dtype == torch.bfloat16:  # the interpreter rounds to bfloat16 by cutting bits; GPUs round to nearest
                 assert torch.allclose(dense.float(), expected.float(), rtol=2 ** -7, atol=0)
             else:
                 assert torch.equal(dense, expected), (shape, blocksize, dtype)
     fp4_packed, fp4_state = bitsandbytes.functional.quantize_4bit(torch.randn(64, 64), quant_type="fp4")
-    assert nf4_kernel.launch(kernel, fp4_packed, fp4_state) is None  # FP4 codes: bitsandbytes de-quantises
+    assert nf4_kernel._launch(kernel, fp4_packed, fp4_state) is None  # FP4 codes: bitsandbytes de-quantises
     assert nf4_kernel.dequantize(packed, state) is None  # CPU tensors: bitsandbytes de-quantises
 
 
