@@ -15,11 +15,13 @@ the caller uses bitsandbytes.
 """
 
 import functools
+import warnings
 
 import torch
 
 VALUES_PER_INSTANCE = 4096  # dense values one kernel instance writes: a power of two, 2048-8192 run about as fast
 WARPS_PER_INSTANCE = 4  # 4 or 8: at 4,096 values, 4 beat 8 for every 8B weight shape on the H200
+_FAILURES = []  # the error that stopped the kernel (a Triton too old for it, a GPU it cannot compile for)
 
 
 @functools.cache
@@ -68,10 +70,19 @@ def dequantize(packed, state):
     Example: `dequantize(layer.weight.data, layer.weight.quant_state)`  # a (4096, 4096) bfloat16 tensor
 
     Serves NF4 weights on a single CUDA GPU with Triton, with or without double quantisation; anything else
-    (FP4 codes, a CPU, several GPUs, tensors in unusual layouts) gets None, so the caller falls back.
+    (FP4 codes, a CPU, several GPUs, tensors in unusual layouts) gets None, so the caller falls back. If Triton
+    cannot compile or run it here, a warning says so once and bitsandbytes de-quantises from then on.
     """
-    kernel = _kernel() if packed.is_cuda else None
-    return None if kernel is None else _launch(kernel, packed, state)
+    kernel = _kernel() if packed.is_cuda and not _FAILURES else None
+    if kernel is None:
+        return None
+    try:
+        return _launch(kernel, packed, state)
+    except Exception as error:  # noqa: BLE001  (training goes on with bitsandbytes' kernels, never stops here)
+        _FAILURES.append(error)
+        warnings.warn(f"ftlib's NF4 kernel could not run ({type(error).__name__}: {error}); bitsandbytes "
+                      "de-quantises the 4-bit weights instead, which gives the same numbers", stacklevel=2)
+        return None
 
 
 def _launch(kernel, packed, state):

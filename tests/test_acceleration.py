@@ -422,6 +422,28 @@ def test_nf4_kernel_follows_the_4bit_format_in_tritons_interpreter(nested, monke
     assert nf4_kernel.dequantize(packed, state) is None  # CPU tensors: bitsandbytes de-quantises
 
 
+def test_nf4_kernel_that_cannot_run_warns_once_and_leaves_it_to_bitsandbytes(monkeypatch):
+    """A Triton that cannot compile the kernel (too old, or an unsupported GPU) never stops training."""
+    from ftlib import nf4_kernel
+
+    launches = []
+
+    def failing_launch(kernel, packed, state):
+        launches.append(packed)
+        raise RuntimeError("PassManager::run failed")
+
+    class GpuWeight:
+        is_cuda = True
+
+    monkeypatch.setattr(nf4_kernel, "_FAILURES", [])
+    monkeypatch.setattr(nf4_kernel, "_kernel", lambda: "compiled kernel")
+    monkeypatch.setattr(nf4_kernel, "_launch", failing_launch)
+    with pytest.warns(UserWarning, match="NF4 kernel could not run .*PassManager.*bitsandbytes"):
+        assert nf4_kernel.dequantize(GpuWeight(), None) is None
+    assert nf4_kernel.dequantize(GpuWeight(), None) is None  # no second attempt, no second warning
+    assert len(launches) == 1
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("nested", [True, False])
 def test_nf4_kernel_dequantises_exactly_as_bitsandbytes_on_cuda(nested):
