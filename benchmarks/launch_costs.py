@@ -3,8 +3,9 @@
 A QLoRA step of an 8B model on a large GPU waits on Python: the GPU finishes each kernel before the CPU
 has queued the next. This times the pieces ftlib chooses between, on tensors so small that the GPU's
 share is negligible, so each figure is the CPU's cost of one call (microseconds). It also checks that the
-faster piece gives the same numbers as the one it replaces, and times the de-quantisers on the GPU alone
-(replayed from a CUDA graph, so without the CPU's part) for the 8B model's weight shapes.
+faster piece gives the same numbers as the one it replaces, and times the de-quantisers and a LoRA
+projection's products on the GPU alone (replayed from a CUDA graph, so without the CPU's part) for the 8B
+model's weight shapes.
 
     python3 benchmarks/launch_costs.py [--out costs.json]
 """
@@ -56,6 +57,16 @@ def _quantized(shape):
     return bitsandbytes.functional.quantize_4bit(weight, quant_type="nf4", compress_statistics=True)
 
 
+class _TritonLaunchOnly(dict):
+    """A stand-in for `nf4_kernel._COMPILED` that never launches a compiled kernel directly."""
+
+    def get(self, key, default=None):
+        return None
+
+    def __contains__(self, key):
+        return True
+
+
 def _without_kernel(function):
     """`function()` with ftlib's NF4 kernel turned off (bitsandbytes' C functions de-quantise)."""
     from ftlib import nf4_kernel
@@ -84,6 +95,13 @@ def dequantisation(results):
     results["us_dequantize_bitsandbytes_functional"] = per_call_microseconds(
         lambda: bitsandbytes.functional.dequantize_4bit(small, small_state))
     results["us_dequantize_nf4_kernel"] = per_call_microseconds(lambda: fused_lora._dequantize_4bit(small, small_state))
+    saved = nf4_kernel._COMPILED
+    nf4_kernel._COMPILED = _TritonLaunchOnly()
+    try:
+        results["us_dequantize_nf4_kernel_tritons_launch"] = per_call_microseconds(
+            lambda: fused_lora._dequantize_4bit(small, small_state))
+    finally:
+        nf4_kernel._COMPILED = saved
     results["us_dequantize_native"] = _without_kernel(
         lambda: per_call_microseconds(lambda: fused_lora._dequantize_4bit(small, small_state)))
     saved = fused_lora._native_dequantizers
@@ -100,6 +118,23 @@ def dequantisation(results):
             lambda: fused_lora._dequantize_4bit(packed, state))
         results[f"gpu_us_dequantize_{name}_bitsandbytes"] = _without_kernel(
             lambda: gpu_microseconds(lambda: fused_lora._dequantize_4bit(packed, state)))
+
+
+def lora_products(results):
+    """GPU time of a LoRA projection's products at 4,096 tokens for the 8B model's shapes (r = 16): the frozen
+    multiply alone, the adapter's update added in a second pass over its output, and the update written first
+    with the frozen multiply adding onto it as it writes (beta = 1), as ftlib does."""
+    tokens, rank = 4096, 16
+    for out_features, in_features in ((4096, 4096), (1024, 4096), (14336, 4096), (4096, 14336)):
+        x = torch.randn(tokens, in_features, dtype=torch.bfloat16, device="cuda")
+        weight = torch.randn(out_features, in_features, dtype=torch.bfloat16, device="cuda")
+        down = torch.randn(tokens, rank, dtype=torch.bfloat16, device="cuda")
+        up = torch.randn(out_features, rank, dtype=torch.bfloat16, device="cuda")
+        results[f"gpu_us_lora_{out_features}x{in_features}"] = {
+            "multiply_alone": gpu_microseconds(lambda: torch.mm(x, weight.t())),
+            "update_in_a_second_pass": gpu_microseconds(lambda: torch.mm(x, weight.t()).addmm_(down, up.t())),
+            "update_written_first": gpu_microseconds(lambda: torch.mm(down, up.t()).addmm_(x, weight.t())),
+        }
 
 
 def norms(results):
@@ -149,7 +184,7 @@ def main():
     parser.add_argument("--out", default=None, help="also write the figures to this JSON file")
     arguments = parser.parse_args()
     results = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__}
-    for part in (small_operations, dequantisation, norms):
+    for part in (small_operations, dequantisation, lora_products, norms):
         try:
             part(results)
         except Exception as error:  # noqa: BLE001  (report what failed and go on with the other parts)

@@ -32,6 +32,8 @@ def _label(spec):
         extra.append("layers compiled")
     if spec.get("profile"):
         extra.append(f"{'Python' if spec['profile'] == 'python' else 'GPU'} profile of one more step")
+    if spec.get("form"):
+        extra.append(spec["form"])
     if spec.get("repeat"):
         extra.append(f"run {spec['repeat']}, compared with the other systems' run {spec['repeat']}")
     return spec["system"] + (f" ({', '.join(extra)})" if extra else "")

@@ -258,6 +258,10 @@ def _switch_off(names):
         from ftlib import nf4_kernel
 
         nf4_kernel._kernel = lambda: None
+    if "siblings" in names:  # each fused projection computed on its own, not q/k/v and gate/up together
+        from ftlib import fused_lora
+
+        fused_lora.SIBLING_NAMES = ()
     if "torch_rms_norm" in names:  # Liger's RMSNorm kernel instead of PyTorch's
         acceleration.TORCH_RMS_NORM_MODELS = set()
     if "prefetch" in names:  # offloaded inputs copied back when their layer's backward starts, not a layer early
@@ -666,6 +670,18 @@ def plan(name):
             specs += [_spec("plain" if repeat == 1 else "unsloth", eight, steps=6, warmup=2)]
         return specs + [_spec("ftlib", eight, steps=5, warmup=2, profile="gaps", off=off)
                         for off in ([], ["nf4_kernel"])]
+    if name == "siblings":  # sibling projections computed together (q/k/v, gate/up) on and off, twice, beside
+        # plain and Unsloth; then the guide's run on a free GPU's terms (float16, 15 GiB)
+        specs = []
+        for repeat in (1, 2):
+            specs += [_spec("ftlib", eight, steps=6, warmup=2, repeat=repeat),
+                      _spec("ftlib", eight, steps=6, warmup=2, repeat=repeat, off=["siblings"])]
+            specs += [_spec("plain" if repeat == 1 else "unsloth", eight, steps=6, warmup=2)]
+        return specs + [_spec("ftlib", eight, dtype="float16", memory_cap_gb=15, steps=3, warmup=1)]
+    if name == "grouped":  # the committed form three times (siblings together, the NF4 kernel launched directly),
+        # beside plain once and Unsloth twice
+        order = [("ftlib", 1), ("plain", None), ("unsloth", 1), ("ftlib", 2), ("unsloth", 2), ("ftlib", 3)]
+        return [_spec(system, eight, steps=6, warmup=2, repeat=repeat) for system, repeat in order]
     if name == "unsloth":  # a second call when the first could not import Unsloth
         return [_spec("unsloth", eight, steps=4), _spec("unsloth", one, steps=4)]
     if name == "more":
@@ -675,7 +691,7 @@ def plan(name):
         specs += [_spec(system, one, mix="variable") for system in SYSTEMS]
         specs += [_spec(system, one, method="lora16") for system in SYSTEMS]
         return specs
-    raise SystemExit(f"unknown plan {name!r}: use smoke, main, more, next, next2, rest, prefetch, final, gaps, launch, lean, kernel, explore, explore2 or unsloth")
+    raise SystemExit(f"unknown plan {name!r}: use smoke, main, more, next, next2, rest, prefetch, final, gaps, launch, lean, kernel, siblings, grouped, explore, explore2 or unsloth")
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -21,10 +21,10 @@ What ftlib does on a CUDA GPU, and why:
 - Padding-free batching: sequences of a batch are laid end to end instead of padded to the longest,
   so no compute is spent on padding (the attention mask keeps them apart).
 - 8-bit AdamW: optimizer state in 2 bytes per trainable number instead of 8.
-- Fused LoRA projections (ftlib/fused_lora.py): the adapter's product is accumulated into the frozen
-  layer's output by the matrix multiply itself, instead of PEFT's copy, scale and add passes. Their 4-bit
-  weights are unpacked by one kernel of ftlib's (ftlib/nf4_kernel.py), bit for bit as bitsandbytes does,
-  in less GPU time and with fewer launches.
+- Fused LoRA projections (ftlib/fused_lora.py): the adapter's product and the frozen layer's output are
+  summed by the matrix multiply itself, instead of PEFT's copy, scale and add passes, and projections of the
+  same input (q, k and v; gate and up) are computed together. Their 4-bit weights are unpacked by one kernel
+  of ftlib's (ftlib/nf4_kernel.py), bit for bit as bitsandbytes does, in less GPU time and with fewer launches.
 - Growable CUDA memory segments (PyTorch's `expandable_segments`), so less reserved memory is lost to
   fragmentation; skipped when the user configured PyTorch's allocator themselves.
 - Attention that suits the data's lengths: PyTorch prefers cuDNN's attention on a Hopper GPU, which plans

@@ -2,10 +2,16 @@
 
 PEFT computes a LoRA layer as `base(x).clone() + lora_B(lora_A(x)) * scale`: the base output is copied,
 the adapter's output is written, scaled and added, each a full pass over a (tokens x width) tensor, and
-the backward pass adds two input gradients the same way. Here the adapter's product is accumulated
-straight into the base output by the matrix multiply (`addmm_`), and the same in the backward pass, so
-the extra passes disappear; for an 8B model at 4,096 tokens that is about 5 GB of memory traffic a layer.
-The math is the same: y = x W^T + scale * (x A^T) B^T, with the same gradients.
+the backward pass adds two input gradients the same way. Here the adapter's small product is written
+first and the frozen layer's matrix multiply adds onto it as it writes its own result (`addmm_`), and the
+same in the backward pass, so the extra passes disappear; for an 8B model at 4,096 tokens that is about
+5 GB of memory traffic a layer. The math is the same: y = x W^T + scale * (x A^T) B^T, with the same
+gradients.
+
+Projections that read the same input (a layer's q, k and v; gate and up) are computed together, when the
+block asks for the first of them: x meets their stacked adapters in one small multiply, and in the backward
+pass their input gradients are summed by the multiplies themselves, where autograd would add them up in
+passes of their own.
 
 The Python around each projection is kept lean, because on a large GPU an 8B step waits on it: the 4-bit
 weights are de-quantised in one kernel launch (`nf4_kernel.py`) or through bitsandbytes' C functions, the
@@ -135,72 +141,164 @@ def _product(a, b, dtype):
     return torch.mm(a, b)
 
 
-class _LoraProjection(torch.autograd.Function):
-    """y = x W^T (+ bias) + scale * (x A^T) B^T, with W frozen (possibly 4-bit) and A, B trained.
+class _LoraProjections(torch.autograd.Function):
+    """y_i = x W_i^T (+ bias_i) + scale_i * (x A_i^T) B_i^T for one or more projections of the same input x.
+
+    W_i frozen (possibly 4-bit), A_i and B_i trained. Siblings (a layer's q, k and v, or gate and up) come in
+    one call: their A_i are stacked so x meets them in one small multiply, and the backward pass collects
+    every input gradient in one tensor. Each adapter's product is written first and the large multiply adds
+    onto it as it writes its result (`addmm_` with beta = scale), so no pass re-reads the output only to add
+    the update.
 
     Everything runs in `dtype` (the autocast dtype while training in mixed precision); the inputs are
     already in it or cast once, so autocast has nothing left to do. Kept lean: on a large GPU the
     Python work per projection, not the arithmetic, is what a training step waits for. The backward pass
     reuses the forward pass's block scales (a few MB a layer) instead of de-quantising them again.
+    `layers`: a (base layer, scale) pair per projection; `adapters`: A_1, B_1, A_2, B_2, ...
     """
 
     @staticmethod
-    def forward(ctx, x, lora_A, lora_B, scale, base_layer, dtype):
+    def forward(ctx, x, layers, dtype, *adapters):
         flat = x.reshape(-1, x.shape[-1])
         if flat.dtype != dtype:
             flat = flat.to(dtype)
-        down_weight, up_weight = lora_A.to(dtype), lora_B.to(dtype)
-        weight, scales = _dense_weight(base_layer, dtype)
-        bias = base_layer.bias
-        out = torch.mm(flat, weight.t()) if bias is None else torch.addmm(bias.to(dtype), flat, weight.t())
-        down = torch.mm(flat, down_weight.t())  # (tokens, r): small
-        out.addmm_(down, up_weight.t(), alpha=scale)
-        ctx.save_for_backward(flat, down, down_weight, up_weight, scales)
-        ctx.base_layer, ctx.scale, ctx.input_shape, ctx.adapter_dtype = base_layer, scale, x.shape, lora_A.dtype
-        return out.view(*x.shape[:-1], out.shape[-1])
+        down_weights, up_weights = adapters[0::2], [up.to(dtype) for up in adapters[1::2]]
+        down_weight = (down_weights[0] if len(layers) == 1 else torch.cat(down_weights)).to(dtype)
+        down = torch.mm(flat, down_weight.t())  # (tokens, sum of ranks): small
+        outputs, block_scales, start = [], [], 0
+        for (base_layer, scale), up_weight in zip(layers, up_weights):
+            rank = up_weight.shape[1]
+            part = down if len(layers) == 1 else down[:, start:start + rank]
+            start += rank
+            weight, scales = _dense_weight(base_layer, dtype)
+            bias = base_layer.bias
+            if bias is None:
+                out = torch.mm(part, up_weight.t())
+                out.addmm_(flat, weight.t(), beta=scale)
+            else:
+                out = torch.addmm(bias.to(dtype), part, up_weight.t(), alpha=scale)
+                out.addmm_(flat, weight.t())
+            del weight  # one dense weight at a time: freed before the next sibling's is made
+            outputs.append(out.view(*x.shape[:-1], out.shape[-1]))
+            block_scales.append(scales)
+        ctx.save_for_backward(flat, down, down_weight, *up_weights, *block_scales)
+        ctx.layers, ctx.input_shape, ctx.adapter_dtype = layers, x.shape, adapters[0].dtype
+        return tuple(outputs)
 
     @staticmethod
-    def backward(ctx, grad_output):
-        flat, down, down_weight, up_weight, scales = ctx.saved_tensors
-        scale, adapter_dtype = ctx.scale, ctx.adapter_dtype
-        grad = grad_output.reshape(-1, grad_output.shape[-1]).to(flat.dtype)
-        grad_down = torch.mm(grad, up_weight)  # (tokens, r)
-        if scale != 1.0:
-            grad_down.mul_(scale)
-        grad_up_weight = grad_down_weight = grad_x = None
-        if ctx.needs_input_grad[2]:
-            grad_up_weight = _product(grad.t(), down, adapter_dtype)
+    def backward(ctx, *grad_outputs):
+        flat, down, down_weight, *rest = ctx.saved_tensors
+        layers, adapter_dtype, count = ctx.layers, ctx.adapter_dtype, len(ctx.layers)
+        up_weights, block_scales = rest[:count], rest[count:]
+        grads = [grad.reshape(-1, grad.shape[-1]).to(flat.dtype) for grad in grad_outputs]
+        adapter_grads, grad_downs, start = [], [], 0
+        for grad, up_weight, (_, scale), index in zip(grads, up_weights, layers, range(count)):
+            rank = up_weight.shape[1]
+            grad_down = torch.mm(grad, up_weight)  # (tokens, r)
             if scale != 1.0:
-                grad_up_weight.mul_(scale)
-        if ctx.needs_input_grad[1]:
-            grad_down_weight = _product(grad_down.t(), flat, adapter_dtype)
+                grad_down.mul_(scale)
+            grad_downs.append(grad_down)
+            grad_up_weight = None
+            if ctx.needs_input_grad[4 + 2 * index]:
+                part = down if count == 1 else down[:, start:start + rank]
+                grad_up_weight = _product(grad.t(), part, adapter_dtype)
+                if scale != 1.0:
+                    grad_up_weight.mul_(scale)
+            adapter_grads += [None, grad_up_weight]
+            start += rank
+        grad_down = grad_downs[0] if count == 1 else torch.cat(grad_downs, 1)  # (tokens, sum of ranks)
+        if any(ctx.needs_input_grad[3::2]):
+            grad_down_weight, start = _product(grad_down.t(), flat, adapter_dtype), 0
+            for index, up_weight in enumerate(up_weights):
+                rank = up_weight.shape[1]
+                if ctx.needs_input_grad[3 + 2 * index]:
+                    adapter_grads[2 * index] = grad_down_weight[start:start + rank]
+                start += rank
+        grad_x = None
         if ctx.needs_input_grad[0]:
-            grad_x = torch.mm(grad, _dense_weight(ctx.base_layer, flat.dtype, scales)[0])
-            grad_x.addmm_(grad_down, down_weight)
+            grad_x = torch.mm(grad_down, down_weight)
+            for grad, (base_layer, _), scales in zip(grads, layers, block_scales):
+                grad_x.addmm_(grad, _dense_weight(base_layer, flat.dtype, scales)[0])
             grad_x = grad_x.view(ctx.input_shape)
         # where the product could not be float32, autograd casts the adapter gradients to the adapters' dtype
-        return grad_x, grad_down_weight, grad_up_weight, None, None, None
+        return grad_x, None, None, *adapter_grads
+
+
+# Projections that read the same input in the architectures ftlib loads (Llama, Mistral, Qwen, Gemma, ...):
+# fused siblings are computed in one call when the block asks for the first of them.
+SIBLING_NAMES = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+
+
+class _Siblings:
+    """The fused projections of one block that read the same input, and the outputs not yet asked for.
+
+    The block calls them one by one with the same tensor: the first call computes all of them and keeps the
+    others' outputs until their own calls. If a projection whose output waits is called with another tensor,
+    the block feeds them different inputs: what waits is dropped, and from then on each projection is
+    computed on its own.
+    """
+
+    def __init__(self, members):
+        self.members, self.grouped = members, True
+        self.input, self.waiting = None, {}
+
+    def take(self, module, x):
+        """The output kept for `module` if a sibling already computed it from this very `x`, else None."""
+        if module not in self.waiting:
+            return None
+        if self.input is x:
+            output = self.waiting.pop(module)
+            if not self.waiting:
+                self.input = None
+            return output
+        self.grouped, self.input, self.waiting = False, None, {}
+        return None
+
+    def keep(self, x, outputs, caller):
+        """Keep the outputs computed from `x` for every member but `caller`, and return the caller's."""
+        self.input = x
+        self.waiting = {member: output for member, output in zip(self.members, outputs) if member is not caller}
+        return outputs[self.members.index(caller)]
+
+
+def _plain_adapter(module):
+    """The one active adapter of a LoRA layer when it is plain LoRA and fused training applies, else None."""
+    if len(module.active_adapters) != 1 or module.disable_adapters or module.merged:
+        return None
+    adapter = module.active_adapters[0]
+    plain = (
+        adapter in module.lora_A
+        and adapter not in getattr(module, "lora_variant", {})
+        and isinstance(module.lora_dropout[adapter], torch.nn.Identity)
+        and module.lora_B[adapter].bias is None
+    )
+    return adapter if plain else None
 
 
 def _fused_forward(self, x, *args, **kwargs):
     """PEFT's LoRA forward, taking the fused path when only plain LoRA is active and the model trains."""
-    adapter = self.active_adapters[0] if len(self.active_adapters) == 1 else None
-    plain_lora = (
-        adapter is not None
-        and adapter in self.lora_A
-        and adapter not in getattr(self, "lora_variant", {})
-        and isinstance(self.lora_dropout[adapter], torch.nn.Identity)
-        and self.lora_B[adapter].bias is None
-    )
+    siblings = self._ftlib_siblings
+    if siblings is not None and not args and not kwargs:
+        output = siblings.take(self, x)
+        if output is not None:
+            return output
+    adapter = _plain_adapter(self)
     training = self.training or torch.is_grad_enabled()  # reentrant checkpointing's first pass has no gradients
-    if args or kwargs or not plain_lora or self.disable_adapters or self.merged or not training:
+    if args or kwargs or adapter is None or not training:
         return self._ftlib_peft_forward(x, *args, **kwargs)
+    members = [self]
+    if siblings is not None and siblings.grouped:
+        if all(_plain_adapter(member) == adapter for member in siblings.members):
+            members = siblings.members
     if torch.is_autocast_enabled(x.device.type):
         dtype = torch.get_autocast_dtype(x.device.type)
     else:
         dtype = x.dtype
-    return _LoraProjection.apply(x, self.lora_A[adapter].weight, self.lora_B[adapter].weight,
-                                 float(self.scaling[adapter]), self.get_base_layer(), dtype)
+    layers = tuple((member.get_base_layer(), float(member.scaling[adapter])) for member in members)
+    adapters = [weight for member in members
+                for weight in (member.lora_A[adapter].weight, member.lora_B[adapter].weight)]
+    outputs = _LoraProjections.apply(x, layers, dtype, *adapters)
+    return outputs[0] if len(members) == 1 else siblings.keep(x, outputs, self)
 
 
 def _fusable(module):
@@ -225,9 +323,17 @@ def fuse_lora_layers(model):
     count = 0
     for module in model.modules():
         if getattr(module, "_ftlib_peft_forward", None) is None and _fusable(module):
-            module._ftlib_peft_forward = module.forward
+            module._ftlib_peft_forward, module._ftlib_siblings = module.forward, None
             module.forward = types.MethodType(_fused_forward, module)
             count += 1
+    for block in model.modules():
+        for names in SIBLING_NAMES:
+            members = [getattr(block, name, None) for name in names]
+            members = [member for member in members if hasattr(member, "_ftlib_siblings")]  # fused ones only
+            if len(members) > 1:
+                siblings = _Siblings(members)
+                for member in members:
+                    member._ftlib_siblings = siblings
     return count
 
 
@@ -237,6 +343,6 @@ def unfuse_lora_layers(model):
     for module in model.modules():
         if getattr(module, "_ftlib_peft_forward", None) is not None:
             del module.forward  # the instance attribute; the class's forward shows through again
-            del module._ftlib_peft_forward
+            del module._ftlib_peft_forward, module._ftlib_siblings
             count += 1
     return count

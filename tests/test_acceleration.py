@@ -272,7 +272,7 @@ def test_fused_lora_leaves_generation_and_other_adapters_to_peft(tiny_path):
     """In eval mode without gradients (generation) or with the adapter switched off, PEFT's own forward runs;
     in train mode it is fused, also without gradients (the first pass of reentrant checkpointing)."""
     from ftlib import load_model
-    from ftlib.fused_lora import _LoraProjection, fuse_lora_layers
+    from ftlib.fused_lora import _LoraProjections, fuse_lora_layers
 
     model, tokenizer = load_model(tiny_path, load_in_4bit=False, max_seq_length=128)
     model = _lora_with_nonzero_update(model)
@@ -280,10 +280,10 @@ def test_fused_lora_leaves_generation_and_other_adapters_to_peft(tiny_path):
     with torch.no_grad():
         expected = model(input_ids=input_ids, attention_mask=attention_mask).logits
     fuse_lora_layers(model)
-    calls = []
-    original = _LoraProjection.apply
+    calls = []  # how many projections each fused call computed
+    original = _LoraProjections.apply
     try:
-        _LoraProjection.apply = lambda *args: calls.append(1) or original(*args)
+        _LoraProjections.apply = lambda *args: calls.append(len(args[1])) or original(*args)
         model.eval()
         with torch.no_grad():
             logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
@@ -296,11 +296,69 @@ def test_fused_lora_leaves_generation_and_other_adapters_to_peft(tiny_path):
         with torch.no_grad():
             fused_logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
         tolerance = 1e-5 if expected.dtype == torch.float32 else 2e-2 * float(expected.abs().max())  # bf16 on a GPU
-        assert len(calls) == projections and torch.allclose(fused_logits, expected, atol=tolerance)
+        # each layer's q, k and v in one call, gate and up in another, o and down alone
+        assert calls == [3, 1, 2, 1] * model.config.num_hidden_layers
+        assert torch.allclose(fused_logits, expected, atol=tolerance)
         model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss.backward()
-        assert len(calls) >= 2 * projections  # forward, and the recomputation of reentrant checkpointing
+        assert sum(calls) >= 3 * projections  # forward, and the recomputation of reentrant checkpointing
     finally:
-        _LoraProjection.apply = original
+        _LoraProjections.apply = original
+
+
+class _AttentionLike(torch.nn.Module):
+    """q, k and v of one input (k of another when `other` is given), with biases, then o."""
+
+    def __init__(self):
+        super().__init__()
+        self.q_proj, self.k_proj, self.v_proj = (torch.nn.Linear(12, width) for width in (12, 6, 6))
+        self.o_proj = torch.nn.Linear(24, 12)
+
+    def forward(self, x, other=None):
+        query, key, value = self.q_proj(x), self.k_proj(x if other is None else other), self.v_proj(x)
+        return self.o_proj(torch.cat([query, key, value], -1))
+
+
+def test_fused_siblings_compute_q_k_and_v_together_and_step_back_when_fed_differently():
+    """Siblings with biases and different scales give PEFT's outputs and gradients from one call; a block that
+    feeds k another tensor still gets the right numbers, and from then on each projection runs on its own."""
+    from peft import LoraConfig, get_peft_model
+
+    from ftlib.fused_lora import _LoraProjections, fuse_lora_layers
+
+    torch.manual_seed(0)
+    config = LoraConfig(r=4, lora_alpha=8, alpha_pattern={"k_proj": 2}, target_modules=["q_proj", "k_proj", "v_proj",
+                                                                                         "o_proj"])
+    model = get_peft_model(_AttentionLike(), config)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.1)
+    x, other = torch.randn(2, 5, 12), torch.randn(2, 5, 12)
+
+    def outputs_and_gradients(*inputs):
+        output = model(*inputs)
+        output.square().sum().backward()
+        gradients = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+        model.zero_grad(set_to_none=True)
+        return output.detach(), gradients
+
+    expected = {feed: outputs_and_gradients(*feed) for feed in ((x,), (x, other))}
+    assert fuse_lora_layers(model) == 4
+    calls = []
+    original = _LoraProjections.apply
+    try:
+        _LoraProjections.apply = lambda *args: calls.append(len(args[1])) or original(*args)
+        for feed in ((x,), (x, other), (x,)):
+            output, gradients = outputs_and_gradients(*feed)
+            assert torch.allclose(output, expected[feed][0], atol=1e-5)
+            assert gradients.keys() == expected[feed][1].keys() and len(gradients) == 8
+            for name, gradient in gradients.items():
+                assert torch.allclose(gradient, expected[feed][1][name], atol=1e-5), name
+    finally:
+        _LoraProjections.apply = original
+    # together; then q, k and v from x, k again from `other`, v and o alone; then one by one
+    assert calls == [3, 1] + [3, 1, 1, 1] + [1, 1, 1, 1]
+    assert not model.base_model.model.q_proj._ftlib_siblings.grouped
 
 
 def test_fuse_lora_only_on_a_gpu(tiny_model, tiny_path, monkeypatch):
@@ -444,10 +502,36 @@ def test_nf4_kernel_that_cannot_run_warns_once_and_leaves_it_to_bitsandbytes(mon
     assert len(launches) == 1
 
 
+def test_nf4_kernel_is_launched_directly_only_where_that_gives_tritons_result(monkeypatch):
+    """A compiled kernel is launched directly only if its first direct launch writes what Triton's launch wrote;
+    a Triton whose compiled kernels take other arguments, or give other numbers, keeps Triton's own launch."""
+    from ftlib import nf4_kernel
+
+    monkeypatch.setattr(torch._C, "_cuda_getCurrentRawStream", lambda index: 0, raising=False)
+    written = torch.arange(8.0)
+    arguments = (torch.zeros(4, dtype=torch.uint8),) * 6 + (written.clone(), 8, 64, 1, False, 64)
+
+    class Compiled:
+        function = packed_metadata = None
+
+        def __init__(self, values):
+            self.values = values
+
+        def run(self, *launch):
+            if self.values is None:
+                raise TypeError("function takes exactly 14 arguments")
+            launch[9 + 6].copy_(self.values)  # grid (3), stream, function, metadata, 3 hooks, then the arguments
+
+    assert nf4_kernel._launches_directly(Compiled(written), 1, arguments) is not None
+    assert nf4_kernel._launches_directly(Compiled(written + 1), 1, arguments) is None
+    assert nf4_kernel._launches_directly(Compiled(None), 1, arguments) is None
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("nested", [True, False])
 def test_nf4_kernel_dequantises_exactly_as_bitsandbytes_on_cuda(nested):
-    """On a GPU the one-pass kernel serves and gives bitsandbytes' own weights, bit for bit."""
+    """On a GPU the one-pass kernel serves and gives bitsandbytes' own weights, bit for bit: launched by Triton
+    the first time for each kind of weight, and directly after that where sizes and pointers allow."""
     import bitsandbytes
 
     from ftlib import nf4_kernel
@@ -458,10 +542,14 @@ def test_nf4_kernel_dequantises_exactly_as_bitsandbytes_on_cuda(nested):
             packed, state = bitsandbytes.functional.quantize_4bit(
                 torch.randn(*shape, dtype=dtype, device="cuda"), blocksize=blocksize, quant_type="nf4",
                 compress_statistics=nested)
-            dense = nf4_kernel.dequantize(packed, state)
-            assert dense is not None, "the kernel should serve NF4 weights on one CUDA GPU"
-            assert torch.equal(dense, bitsandbytes.functional.dequantize_4bit(packed, state)), (shape, dtype)
+            expected = bitsandbytes.functional.dequantize_4bit(packed, state)
+            for _ in range(2):
+                dense = nf4_kernel.dequantize(packed, state)
+                assert dense is not None, "the kernel should serve NF4 weights on one CUDA GPU"
+                assert torch.equal(dense, expected), (shape, dtype)
             assert torch.equal(dense, _nf4_by_the_format(packed, state))
+    launched_directly = [kind for kind, compiled in nf4_kernel._COMPILED.items() if compiled is not None]
+    assert {kind[6] for kind in launched_directly} == {torch.float32, torch.float16, torch.bfloat16}
 
 
 def test_expandable_segments_only_on_cuda_and_never_over_the_users_settings(monkeypatch):
