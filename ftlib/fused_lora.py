@@ -288,7 +288,7 @@ def _fused_forward(self, x, *args, **kwargs):
         return self._ftlib_peft_forward(x, *args, **kwargs)
     members = [self]
     if siblings is not None and siblings.grouped:
-        if all(_plain_adapter(member) == adapter for member in siblings.members):
+        if all(member is self or _plain_adapter(member) == adapter for member in siblings.members):
             members = siblings.members
     if torch.is_autocast_enabled(x.device.type):
         dtype = torch.get_autocast_dtype(x.device.type)

@@ -361,6 +361,28 @@ def test_fused_siblings_compute_q_k_and_v_together_and_step_back_when_fed_differ
     assert not model.base_model.model.q_proj._ftlib_siblings.grouped
 
 
+def test_fused_siblings_are_computed_apart_while_one_of_them_needs_peft():
+    """A sibling with dropout (which PEFT's forward applies) keeps PEFT's forward, and the others run alone."""
+    from peft import LoraConfig, get_peft_model
+
+    from ftlib.fused_lora import _LoraProjections, fuse_lora_layers
+
+    torch.manual_seed(0)
+    model = get_peft_model(_AttentionLike(), LoraConfig(r=4, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+    model.base_model.model.k_proj.lora_dropout["default"] = torch.nn.Dropout(0.0)  # not plain LoRA any more
+    x = torch.randn(2, 5, 12)
+    expected = model(x)
+    fuse_lora_layers(model)
+    calls = []
+    original = _LoraProjections.apply
+    try:
+        _LoraProjections.apply = lambda *args: calls.append(len(args[1])) or original(*args)
+        assert torch.allclose(model(x), expected, atol=1e-6)
+    finally:
+        _LoraProjections.apply = original
+    assert calls == [1, 1, 1]  # q, v and o fused, each alone; k through PEFT
+
+
 def test_fuse_lora_only_on_a_gpu(tiny_model, tiny_path, monkeypatch):
     """acceleration.fuse_lora leaves a CPU model alone and records what it did on a (pretend) GPU."""
     from ftlib import load_model
