@@ -165,11 +165,9 @@ class _LoraProjections(torch.autograd.Function):
         down_weights, up_weights = adapters[0::2], [up.to(dtype) for up in adapters[1::2]]
         down_weight = (down_weights[0] if len(layers) == 1 else torch.cat(down_weights)).to(dtype)
         down = torch.mm(flat, down_weight.t())  # (tokens, sum of ranks): small
-        outputs, block_scales, start = [], [], 0
-        for (base_layer, scale), up_weight in zip(layers, up_weights):
-            rank = up_weight.shape[1]
-            part = down if len(layers) == 1 else down[:, start:start + rank]
-            start += rank
+        ranks = [up_weight.shape[1] for up_weight in up_weights]
+        outputs, block_scales = [], []
+        for (base_layer, scale), up_weight, part in zip(layers, up_weights, down.split(ranks, 1)):
             weight, scales = _dense_weight(base_layer, dtype)
             bias = base_layer.bias
             if bias is None:
@@ -182,7 +180,7 @@ class _LoraProjections(torch.autograd.Function):
             outputs.append(out.view(*x.shape[:-1], out.shape[-1]))
             block_scales.append(scales)
         ctx.save_for_backward(flat, down, down_weight, *up_weights, *block_scales)
-        ctx.layers, ctx.input_shape, ctx.adapter_dtype = layers, x.shape, adapters[0].dtype
+        ctx.layers, ctx.ranks, ctx.input_shape, ctx.adapter_dtype = layers, ranks, x.shape, adapters[0].dtype
         return tuple(outputs)
 
     @staticmethod
@@ -191,29 +189,25 @@ class _LoraProjections(torch.autograd.Function):
         layers, adapter_dtype, count = ctx.layers, ctx.adapter_dtype, len(ctx.layers)
         up_weights, block_scales = rest[:count], rest[count:]
         grads = [grad.reshape(-1, grad.shape[-1]).to(flat.dtype) for grad in grad_outputs]
-        adapter_grads, grad_downs, start = [], [], 0
-        for grad, up_weight, (_, scale), index in zip(grads, up_weights, layers, range(count)):
-            rank = up_weight.shape[1]
+        adapter_grads, grad_downs = [], []
+        for index, (grad, up_weight, part, (_, scale)) in enumerate(
+                zip(grads, up_weights, down.split(ctx.ranks, 1), layers)):
             grad_down = torch.mm(grad, up_weight)  # (tokens, r)
             if scale != 1.0:
                 grad_down.mul_(scale)
             grad_downs.append(grad_down)
             grad_up_weight = None
             if ctx.needs_input_grad[4 + 2 * index]:
-                part = down if count == 1 else down[:, start:start + rank]
                 grad_up_weight = _product(grad.t(), part, adapter_dtype)
                 if scale != 1.0:
                     grad_up_weight.mul_(scale)
             adapter_grads += [None, grad_up_weight]
-            start += rank
         grad_down = grad_downs[0] if count == 1 else torch.cat(grad_downs, 1)  # (tokens, sum of ranks)
         if any(ctx.needs_input_grad[3::2]):
-            grad_down_weight, start = _product(grad_down.t(), flat, adapter_dtype), 0
-            for index, up_weight in enumerate(up_weights):
-                rank = up_weight.shape[1]
+            parts = _product(grad_down.t(), flat, adapter_dtype).split(ctx.ranks)  # each A's gradient
+            for index, part in enumerate(parts):
                 if ctx.needs_input_grad[3 + 2 * index]:
-                    adapter_grads[2 * index] = grad_down_weight[start:start + rank]
-                start += rank
+                    adapter_grads[2 * index] = part
         grad_x = None
         if ctx.needs_input_grad[0]:
             grad_x = torch.mm(grad_down, down_weight)
