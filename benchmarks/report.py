@@ -19,6 +19,9 @@ def _case(spec):
     return (spec["shape"], spec["method"], spec["mix"], spec["length"], spec["dtype"], spec.get("memory_cap_gb"))
 
 
+OFF_LABELS = {"unread_outputs": "down_proj's multiply kept in the recomputation"}  # switches "without X" misreads
+
+
 def _label(spec):
     extra = []
     if spec.get("checkpointing") == "offload":
@@ -27,7 +30,7 @@ def _label(spec):
         extra.append("checkpointing on the GPU")
     if spec.get("padding_free"):
         extra.append("padding-free")
-    extra += [f"without {name.replace('_', ' ')}" for name in spec.get("off", ())]
+    extra += [OFF_LABELS.get(name, f"without {name.replace('_', ' ')}") for name in spec.get("off", ())]
     if spec.get("compile"):
         extra.append("layers compiled")
     if spec.get("profile"):

@@ -262,6 +262,10 @@ def _switch_off(names):
         from ftlib import fused_lora
 
         fused_lora.SIBLING_NAMES = ()
+    if "unread_outputs" in names:  # down_proj's frozen multiply also in the recomputation, whose output no one reads
+        from ftlib import fused_lora
+
+        fused_lora.UNREAD_WHEN_RECOMPUTED = set()
     if "torch_rms_norm" in names:  # Liger's RMSNorm kernel instead of PyTorch's
         acceleration.TORCH_RMS_NORM_MODELS = set()
     if "prefetch" in names:  # offloaded inputs copied back when their layer's backward starts, not a layer early
@@ -682,6 +686,28 @@ def plan(name):
         # beside plain once and Unsloth twice
         order = [("ftlib", 1), ("plain", None), ("unsloth", 1), ("ftlib", 2), ("unsloth", 2), ("ftlib", 3)]
         return [_spec(system, eight, steps=6, warmup=2, repeat=repeat) for system, repeat in order]
+    if name == "unread":  # the recomputation without down_proj's frozen multiply, three times, beside plain, Unsloth
+        # twice and the form before it (off=["unread_outputs"]); then the guide's run on a free GPU's terms
+        order = [("ftlib", 1, []), ("plain", None, []), ("unsloth", 1, []), ("ftlib", 1, ["unread_outputs"]),
+                 ("ftlib", 2, []), ("unsloth", 2, []), ("ftlib", 3, [])]
+        specs = [_spec(system, eight, steps=6, warmup=2, repeat=repeat, **({"off": off} if off else {}))
+                 for system, repeat, off in order]
+        return specs + [_spec("ftlib", eight, dtype="float16", memory_cap_gb=15, steps=3, warmup=1)]
+    if name == "unread2":  # the same form on another machine: three times beside plain and Unsloth twice, then a
+        # gap report of one step
+        order = [("ftlib", 1), ("plain", None), ("unsloth", 1), ("ftlib", 2), ("unsloth", 2), ("ftlib", 3)]
+        specs = [_spec(system, eight, steps=6, warmup=2, repeat=repeat) for system, repeat in order]
+        return specs + [_spec("ftlib", eight, steps=5, warmup=2, profile="gaps")]
+    if name == "unread3":  # a third machine: twice beside plain and Unsloth; then the longest sequence that fits on a
+        # free GPU's terms (float16, 15 GiB, batch 1)
+        order = [("ftlib", 1), ("plain", None), ("unsloth", 1), ("ftlib", 2)]
+        specs = [_spec(system, eight, steps=6, warmup=2, repeat=repeat) for system, repeat in order]
+        return specs + [_spec("ftlib", eight, dtype="float16", memory_cap_gb=15, steps=3, warmup=1,
+                              max_seq_length=65536, longest=65536)]
+    if name == "longest":  # the longest sequence on a free GPU's terms once large inputs come back only when needed
+        # (offloaded_checkpoint.EARLY_COPY_SHARE), then the 8B case once (where the early copy stays on)
+        return [_spec("ftlib", eight, dtype="float16", memory_cap_gb=15, steps=3, warmup=1, max_seq_length=65536,
+                      longest=65536), _spec("ftlib", eight, steps=6, warmup=2)]
     if name == "unsloth":  # a second call when the first could not import Unsloth
         return [_spec("unsloth", eight, steps=4), _spec("unsloth", one, steps=4)]
     if name == "more":
@@ -691,7 +717,7 @@ def plan(name):
         specs += [_spec(system, one, mix="variable") for system in SYSTEMS]
         specs += [_spec(system, one, method="lora16") for system in SYSTEMS]
         return specs
-    raise SystemExit(f"unknown plan {name!r}: use smoke, main, more, next, next2, rest, prefetch, final, gaps, launch, lean, kernel, siblings, grouped, explore, explore2 or unsloth")
+    raise SystemExit(f"unknown plan {name!r}: use smoke, main, more, next, next2, rest, prefetch, final, gaps, launch, lean, kernel, siblings, grouped, unread, unread2, unread3, longest, explore, explore2 or unsloth")
 
 
 # ---------------------------------------------------------------------------------------------------------

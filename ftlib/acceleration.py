@@ -23,7 +23,8 @@ What ftlib does on a CUDA GPU, and why:
 - 8-bit AdamW: optimizer state in 2 bytes per trainable number instead of 8.
 - Fused LoRA projections (ftlib/fused_lora.py): the adapter's product and the frozen layer's output are
   summed by the matrix multiply itself, instead of PEFT's copy, scale and add passes, and projections of the
-  same input (q, k and v; gate and up) are computed together. Their 4-bit weights are unpacked by one kernel
+  same input (q, k and v; gate and up) are computed together; when checkpointing recomputes a layer, the MLP's
+  last multiply, whose output nothing reads then, is left out. Their 4-bit weights are unpacked by one kernel
   of ftlib's (ftlib/nf4_kernel.py), bit for bit as bitsandbytes does, in less GPU time and with fewer launches.
 - Growable CUDA memory segments (PyTorch's `expandable_segments`), so less reserved memory is lost to
   fragmentation; skipped when the user configured PyTorch's allocator themselves.
@@ -225,12 +226,11 @@ def enable_gradient_checkpointing(model, mode=True):
             base.gradient_checkpointing_disable()
         return model
     base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
-    if mode == "offload":
-        from ftlib.offloaded_checkpoint import offloaded_checkpoint
+    from ftlib.offloaded_checkpoint import offloaded_checkpoint, reentrant_checkpoint
 
-        for module in base.modules():
-            if getattr(module, "gradient_checkpointing", False):
-                module._gradient_checkpointing_func = offloaded_checkpoint
+    for module in base.modules():  # both report their recomputation, so fused LoRA can leave out unread work
+        if getattr(module, "gradient_checkpointing", False):
+            module._gradient_checkpointing_func = offloaded_checkpoint if mode == "offload" else reentrant_checkpoint
     # With a frozen embedding layer the checkpointed blocks would see inputs without gradients.
     base.enable_input_require_grads()
     base.config.use_cache = False

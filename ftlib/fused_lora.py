@@ -13,6 +13,11 @@ block asks for the first of them: x meets their stacked adapters in one small mu
 pass their input gradients are summed by the multiplies themselves, where autograd would add them up in
 passes of their own.
 
+Under gradient checkpointing each layer runs again in the backward pass, and there only what the gradients
+read is needed. In Llama-style layers nothing reads the MLP's last projection's output then (it is only added
+to the residual stream), so its frozen multiply is left out of the recomputation: a quarter of the layer's
+weights, with the same gradients (`UNREAD_WHEN_RECOMPUTED`).
+
 The Python around each projection is kept lean, because on a large GPU an 8B step waits on it: the 4-bit
 weights are de-quantised in one kernel launch (`nf4_kernel.py`) or through bitsandbytes' C functions, the
 backward pass reuses the block scales where the forward pass worked them out separately, and the adapters'
@@ -29,6 +34,7 @@ import types
 import torch
 
 from ftlib import nf4_kernel
+from ftlib.offloaded_checkpoint import recomputing
 
 
 @functools.cache
@@ -155,10 +161,13 @@ class _LoraProjections(torch.autograd.Function):
     Python work per projection, not the arithmetic, is what a training step waits for. The backward pass
     reuses the forward pass's block scales (a few MB a layer) instead of de-quantising them again.
     `layers`: a (base layer, scale) pair per projection; `adapters`: A_1, B_1, A_2, B_2, ...
+    `outputs_read`: False while checkpointing recomputes a layer whose outputs only carry gradients back (the
+    MLP's last projection, see `UNREAD_WHEN_RECOMPUTED`): then only the small product x A^T is computed, which
+    is all the backward pass needs, and the outputs are left unwritten.
     """
 
     @staticmethod
-    def forward(ctx, x, layers, dtype, *adapters):
+    def forward(ctx, x, layers, dtype, outputs_read, *adapters):
         flat = x.reshape(-1, x.shape[-1])
         if flat.dtype != dtype:
             flat = flat.to(dtype)
@@ -168,6 +177,10 @@ class _LoraProjections(torch.autograd.Function):
         ranks = [up_weight.shape[1] for up_weight in up_weights]
         outputs, block_scales = [], []
         for (base_layer, scale), up_weight, part in zip(layers, up_weights, down.split(ranks, 1)):
+            if not outputs_read:  # only gradients pass through these outputs: the backward pass needs `down` alone
+                outputs.append(flat.new_empty(flat.shape[0], up_weight.shape[0]).view(*x.shape[:-1], -1))
+                block_scales.append(None)
+                continue
             weight, scales = _dense_weight(base_layer, dtype)
             bias = base_layer.bias
             if bias is None:
@@ -197,16 +210,16 @@ class _LoraProjections(torch.autograd.Function):
                 grad_down.mul_(scale)
             grad_downs.append(grad_down)
             grad_up_weight = None
-            if ctx.needs_input_grad[4 + 2 * index]:
+            if ctx.needs_input_grad[5 + 2 * index]:
                 grad_up_weight = _product(grad.t(), part, adapter_dtype)
                 if scale != 1.0:
                     grad_up_weight.mul_(scale)
             adapter_grads += [None, grad_up_weight]
         grad_down = grad_downs[0] if count == 1 else torch.cat(grad_downs, 1)  # (tokens, sum of ranks)
-        if any(ctx.needs_input_grad[3::2]):
+        if any(ctx.needs_input_grad[4::2]):
             parts = _product(grad_down.t(), flat, adapter_dtype).split(ctx.ranks)  # each A's gradient
             for index, part in enumerate(parts):
-                if ctx.needs_input_grad[3 + 2 * index]:
+                if ctx.needs_input_grad[4 + 2 * index]:
                     adapter_grads[2 * index] = part
         grad_x = None
         if ctx.needs_input_grad[0]:
@@ -215,8 +228,15 @@ class _LoraProjections(torch.autograd.Function):
                 grad_x.addmm_(grad, _dense_weight(base_layer, flat.dtype, scales)[0])
             grad_x = grad_x.view(ctx.input_shape)
         # where the product could not be float32, autograd casts the adapter gradients to the adapters' dtype
-        return grad_x, None, None, *adapter_grads
+        return grad_x, None, None, None, *adapter_grads
 
+
+# Decoder layers whose MLP output is only added to the residual stream: while checkpointing recomputes such a
+# layer for the backward pass, nothing reads mlp.down_proj's output (the addition keeps no inputs for its
+# gradient), so its frozen multiply, a quarter of the layer's, is left out then. Not Gemma 2 or 3, whose norm
+# after the MLP reads that output, nor layers not listed here.
+UNREAD_WHEN_RECOMPUTED = {"LlamaDecoderLayer", "MistralDecoderLayer", "Qwen2DecoderLayer", "Qwen3DecoderLayer",
+                          "GemmaDecoderLayer"}
 
 # Projections that read the same input in the architectures ftlib loads (Llama, Mistral, Qwen, Gemma, ...):
 # fused siblings are computed in one call when the block asks for the first of them.
@@ -291,7 +311,8 @@ def _fused_forward(self, x, *args, **kwargs):
     layers = tuple((member.get_base_layer(), float(member.scaling[adapter])) for member in members)
     adapters = [weight for member in members
                 for weight in (member.lora_A[adapter].weight, member.lora_B[adapter].weight)]
-    outputs = _LoraProjections.apply(x, layers, dtype, *adapters)
+    outputs_read = not (self._ftlib_unread_when_recomputed and recomputing())
+    outputs = _LoraProjections.apply(x, layers, dtype, outputs_read, *adapters)
     return outputs[0] if len(members) == 1 else siblings.keep(x, outputs, self)
 
 
@@ -318,9 +339,14 @@ def fuse_lora_layers(model):
     for module in model.modules():
         if getattr(module, "_ftlib_peft_forward", None) is None and _fusable(module):
             module._ftlib_peft_forward, module._ftlib_siblings = module.forward, None
+            module._ftlib_unread_when_recomputed = False
             module.forward = types.MethodType(_fused_forward, module)
             count += 1
     for block in model.modules():
+        if type(block).__name__ in UNREAD_WHEN_RECOMPUTED:
+            down = getattr(getattr(block, "mlp", None), "down_proj", None)
+            if hasattr(down, "_ftlib_unread_when_recomputed"):
+                down._ftlib_unread_when_recomputed = True
         for names in SIBLING_NAMES:
             members = [getattr(block, name, None) for name in names]
             members = [member for member in members if hasattr(member, "_ftlib_siblings")]  # fused ones only
@@ -337,6 +363,6 @@ def unfuse_lora_layers(model):
     for module in model.modules():
         if getattr(module, "_ftlib_peft_forward", None) is not None:
             del module.forward  # the instance attribute; the class's forward shows through again
-            del module._ftlib_peft_forward, module._ftlib_siblings
+            del module._ftlib_peft_forward, module._ftlib_siblings, module._ftlib_unread_when_recomputed
             count += 1
     return count

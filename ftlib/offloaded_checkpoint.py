@@ -19,6 +19,7 @@ once: PyTorch keeps freed pinned memory for reuse, so later readings would count
 as used.
 """
 
+import threading
 import warnings
 import weakref
 
@@ -28,7 +29,40 @@ from torch.utils.checkpoint import checkpoint
 from ftlib.errors import FtlibError
 
 CPU_MEMORY_SHARE = 0.5  # 0.3-0.7: the share of available CPU memory that parked layer inputs may take
+# 0.005-0.05: the largest layer input copied back a layer early, as a share of the GPU memory the process may use.
+# The early copy needs a second buffer the size of the input; a larger input (a long sequence, where memory is
+# what limits training) comes back when its layer needs it. 1% keeps it on for an 8B model at 2 x 2,048 tokens
+# on a 15 GB GPU (32 MB a buffer) and off for one long sequence at the edge of that GPU's memory.
+EARLY_COPY_SHARE = 0.01
 _COPY_STREAMS = {}  # one side stream per GPU for the copies to the CPU
+_RECOMPUTING = threading.local()  # .active: a checkpointed layer is being recomputed in this thread
+
+
+def recomputing():
+    """True while a layer checkpointed by ftlib is recomputed for the backward pass (in the calling thread).
+
+    Example: `if recomputing(): ...  # only what the backward pass reads is needed now`
+
+    A recomputed layer's outputs serve only to carry gradients back, so work whose result nothing but those
+    outputs reads can be left out then (`fused_lora.py` does that for the MLP's last projection).
+    """
+    return getattr(_RECOMPUTING, "active", False)
+
+
+def _marking_recomputation(run):
+    """`run`, which `recomputing()` reports while it runs with gradients on: under reentrant or offloaded
+    checkpointing that is the recomputation, since the first pass runs with gradients off."""
+
+    def marked(*args, **keywords):
+        if not torch.is_grad_enabled():
+            return run(*args, **keywords)
+        before, _RECOMPUTING.active = recomputing(), True
+        try:
+            return run(*args, **keywords)
+        finally:
+            _RECOMPUTING.active = before
+
+    return marked
 
 
 class _Parking:
@@ -76,6 +110,15 @@ def _park(tensor):
 
 def _unpark(size):
     _Parking.parked -= size
+
+
+def _gpu_memory_allowed(device):
+    """Bytes of GPU memory this process may use on `device` (PyTorch's per-process fraction of the total);
+    None on a CPU."""
+    if device.type != "cuda":
+        return None
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return torch.cuda.get_device_properties(index).total_memory * torch.cuda.get_per_process_memory_fraction(index)
 
 
 def _copy_stream(device):
@@ -158,8 +201,10 @@ class _ParkedInput:
         self._latest[self.device] = weakref.ref(self)
 
     def prefetch(self, in_use=None):
-        """Start the copy back into a return buffer other than `in_use`; `take` waits for it."""
-        if self.cpu is None:
+        """Start the copy back into a return buffer other than `in_use`; `take` waits for it. An input larger
+        than EARLY_COPY_SHARE of the GPU memory allowed stays where it is until `take`."""
+        allowed = _gpu_memory_allowed(self.device)
+        if self.cpu is None or (allowed is not None and self.cpu.nbytes > EARLY_COPY_SHARE * allowed):
             return
         buffers = _ReturnBuffers.on(self.device)
         self.buffer = buffers.claim(self, in_use)
@@ -257,5 +302,13 @@ def offloaded_checkpoint(run, hidden, *rest, **keywords):
     other_gradients = any(isinstance(value, torch.Tensor) and value.requires_grad for value in rest)
     if (keywords or other_gradients or not (isinstance(hidden, torch.Tensor) and hidden.is_cuda)
             or not _room_in_cpu_memory(hidden.nbytes)):
-        return checkpoint(run, hidden, *rest, use_reentrant=True, **keywords)
-    return _OffloadedLayer.apply(run, hidden, *rest)
+        return reentrant_checkpoint(run, hidden, *rest, **keywords)
+    return _OffloadedLayer.apply(_marking_recomputation(run), hidden, *rest)
+
+
+def reentrant_checkpoint(run, *arguments, **keywords):
+    """PyTorch's reentrant checkpoint of one layer call, with its recomputation reported by `recomputing()`.
+
+    Example: `layer._gradient_checkpointing_func = reentrant_checkpoint` (what checkpointing mode True sets)
+    """
+    return checkpoint(_marking_recomputation(run), *arguments, use_reentrant=True, **keywords)

@@ -5,6 +5,7 @@ an error; the options that exist here (both checkpointing forms, padding-free ba
 must give the same loss and gradients as the plain path. The benchmark's CPU smoke mode runs here too.
 """
 
+import collections
 import sys
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import torch
 
 from ftlib import acceleration
 from ftlib.errors import FtlibError
-from ftlib.offloaded_checkpoint import offloaded_checkpoint
+from ftlib.offloaded_checkpoint import offloaded_checkpoint, reentrant_checkpoint
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -69,10 +70,8 @@ def test_checkpointing_keeps_loss_and_gradients(tiny_path, mode):
     assert model.get_base_model().is_gradient_checkpointing
     assert acceleration.gradient_checkpointing_mode(model) == mode
     checkpoint = model.get_base_model().model.layers[0]._gradient_checkpointing_func
-    if mode is True:
-        assert checkpoint.keywords["use_reentrant"] is True
-    else:  # ftlib's own function, which is PyTorch's reentrant checkpoint for a layer on the CPU
-        assert checkpoint is offloaded_checkpoint
+    # PyTorch's reentrant checkpoint, reporting its recomputation; or ftlib's own (the same for a layer on a CPU)
+    assert checkpoint is (reentrant_checkpoint if mode is True else offloaded_checkpoint)
     loss, gradients = _loss_and_gradients(model, tokenizer)
     assert torch.allclose(loss, plain_loss, atol=1e-6)
     assert gradients.keys() == plain_gradients.keys() and gradients
@@ -381,6 +380,69 @@ def test_fused_siblings_are_computed_apart_while_one_of_them_needs_peft():
     finally:
         _LoraProjections.apply = original
     assert calls == [1, 1, 1]  # q, v and o fused, each alone; k through PEFT
+
+
+def _dense_weight_uses(monkeypatch):
+    """Counts, per frozen layer, how often the fused path makes its dense weight (each use of it: one multiply)."""
+    from ftlib import fused_lora
+
+    uses, dense_weight = collections.Counter(), fused_lora._dense_weight
+    monkeypatch.setattr(fused_lora, "_dense_weight",
+                        lambda layer, *arguments: uses.update([layer]) or dense_weight(layer, *arguments))
+    return uses
+
+
+def _assert_same_numbers(model, tokenizer, expected_loss, expected_gradients):
+    loss, gradients = _loss_and_gradients(model, tokenizer)
+    assert torch.allclose(loss, expected_loss, atol=1e-5)
+    assert gradients.keys() == expected_gradients.keys() and gradients
+    for name, gradient in gradients.items():
+        assert torch.allclose(gradient, expected_gradients[name], atol=1e-6, rtol=1e-4), name
+
+
+@pytest.mark.parametrize("mode", [True, "offload", False])
+def test_recomputation_leaves_out_the_mlp_output_nobody_reads(tiny_path, mode, monkeypatch):
+    """While checkpointing recomputes a Llama layer, down_proj's frozen multiply is left out (its output is only
+    added to the residual stream), and the loss and every gradient stay PEFT's; without checkpointing there is
+    no recomputation and nothing to leave out."""
+    from ftlib import load_model
+    from ftlib.fused_lora import fuse_lora_layers
+
+    model, tokenizer = load_model(tiny_path, load_in_4bit=False, dtype=torch.float32, max_seq_length=128)
+    model = _lora_with_nonzero_update(model, checkpointing=mode)
+    expected = _loss_and_gradients(model, tokenizer)
+    fuse_lora_layers(model)
+    uses = _dense_weight_uses(monkeypatch)
+    _assert_same_numbers(model, tokenizer, *expected)
+    recomputed = 1 if mode else 0
+    for layer in model.get_base_model().model.layers:
+        assert uses[layer.mlp.down_proj.get_base_layer()] == 2  # the forward and backward passes only
+        for projection in (layer.self_attn.o_proj, layer.mlp.up_proj):
+            assert uses[projection.get_base_layer()] == 2 + recomputed
+
+
+def test_recomputation_keeps_the_mlp_output_a_norm_reads(tiny_tokenizer, monkeypatch):
+    """Gemma 2 normalises the MLP's output before adding it, so the recomputation must write it: down_proj's
+    multiply runs in the recomputation too, and the gradients stay PEFT's."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    from ftlib.fused_lora import fuse_lora_layers
+
+    torch.manual_seed(0)
+    config = Gemma2Config(vocab_size=len(tiny_tokenizer), pad_token_id=tiny_tokenizer.pad_token_id, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                          num_attention_heads=2, num_key_value_heads=1, head_dim=16, attn_implementation="eager")
+    model = get_peft_model(Gemma2ForCausalLM(config), LoraConfig(r=4, target_modules="all-linear"))
+    for name, parameter in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(parameter, std=0.05)
+    acceleration.enable_gradient_checkpointing(model, True)
+    expected = _loss_and_gradients(model, tiny_tokenizer)
+    fuse_lora_layers(model)
+    uses = _dense_weight_uses(monkeypatch)
+    _assert_same_numbers(model, tiny_tokenizer, *expected)
+    for layer in model.get_base_model().model.layers:
+        assert uses[layer.mlp.down_proj.get_base_layer()] == 3  # forward, recomputation, backward
 
 
 def test_fuse_lora_only_on_a_gpu(tiny_model, tiny_path, monkeypatch):

@@ -195,6 +195,28 @@ def test_the_earlier_input_is_copied_back_during_the_later_backward(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_an_input_too_large_for_the_early_copy_comes_back_when_its_layer_needs_it(device, monkeypatch):
+    """With GPU memory tight (here: 100 times a layer input allowed, so 1% is just under one input) no input is
+    copied back early, which would hold a second buffer; each comes back on demand and the gradients stay exact."""
+    from ftlib import offloaded_checkpoint
+
+    layers, hidden, outputs = _three_layers(device)
+    monkeypatch.setattr(offloaded_checkpoint, "_gpu_memory_allowed", lambda device: 100 * hidden.nbytes - 1)
+    parked = [output.grad_fn.parked for output in outputs]
+    gradient = _input_gradient(outputs[2], hidden)
+    assert all(each.buffer is None for each in parked)  # none went into a return buffer
+    current = hidden
+    for layer in layers:
+        current = layer(current)
+    assert torch.equal(gradient, torch.autograd.grad(current.sum(), hidden)[0])
+    monkeypatch.setattr(offloaded_checkpoint, "_gpu_memory_allowed", lambda device: 100 * hidden.nbytes)
+    _, hidden, outputs = _three_layers(device)
+    parked = [output.grad_fn.parked for output in outputs]
+    _input_gradient(outputs[2], hidden)
+    assert parked[1].buffer is not None and parked[0].buffer is not None  # exactly 1%: copied back early
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_an_input_whose_buffer_was_handed_on_comes_from_its_cpu_copy(device):
     """Three forward passes, then backward passes out of order: the third pass's backward copies back the
     second pass's last input early; the first pass's backward then reuses that buffer. Gradients stay exact."""
