@@ -113,12 +113,13 @@ def _unpark(size):
 
 
 def _gpu_memory_allowed(device):
-    """Bytes of GPU memory this process may use on `device` (PyTorch's per-process fraction of the total);
-    None on a CPU."""
+    """Bytes of GPU memory this process may use on `device` (PyTorch's per-process fraction of the total, where
+    this PyTorch can tell it); None on a CPU."""
     if device.type != "cuda":
         return None
     index = device.index if device.index is not None else torch.cuda.current_device()
-    return torch.cuda.get_device_properties(index).total_memory * torch.cuda.get_per_process_memory_fraction(index)
+    fraction = getattr(torch.cuda, "get_per_process_memory_fraction", lambda index: 1.0)(index)
+    return torch.cuda.get_device_properties(index).total_memory * fraction
 
 
 def _copy_stream(device):

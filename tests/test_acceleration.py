@@ -393,6 +393,7 @@ def _dense_weight_uses(monkeypatch):
 
 
 def _assert_same_numbers(model, tokenizer, expected_loss, expected_gradients):
+    """The model's loss and gradients on TEXTS are the expected ones (float32 rounding apart)."""
     loss, gradients = _loss_and_gradients(model, tokenizer)
     assert torch.allclose(loss, expected_loss, atol=1e-5)
     assert gradients.keys() == expected_gradients.keys() and gradients
@@ -424,19 +425,15 @@ def test_recomputation_leaves_out_the_mlp_output_nobody_reads(tiny_path, mode, m
 def test_recomputation_keeps_the_mlp_output_a_norm_reads(tiny_tokenizer, monkeypatch):
     """Gemma 2 normalises the MLP's output before adding it, so the recomputation must write it: down_proj's
     multiply runs in the recomputation too, and the gradients stay PEFT's."""
-    from peft import LoraConfig, get_peft_model
     from transformers import Gemma2Config, Gemma2ForCausalLM
 
     from ftlib.fused_lora import fuse_lora_layers
 
     torch.manual_seed(0)
-    config = Gemma2Config(vocab_size=len(tiny_tokenizer), pad_token_id=tiny_tokenizer.pad_token_id, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                          num_attention_heads=2, num_key_value_heads=1, head_dim=16, attn_implementation="eager")
-    model = get_peft_model(Gemma2ForCausalLM(config), LoraConfig(r=4, target_modules="all-linear"))
-    for name, parameter in model.named_parameters():
-        if "lora_B" in name:
-            torch.nn.init.normal_(parameter, std=0.05)
-    acceleration.enable_gradient_checkpointing(model, True)
+    config = Gemma2Config(vocab_size=len(tiny_tokenizer), pad_token_id=tiny_tokenizer.pad_token_id, hidden_size=32,
+                          intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                          head_dim=16, attn_implementation="eager")
+    model = _lora_with_nonzero_update(Gemma2ForCausalLM(config), checkpointing=True)
     expected = _loss_and_gradients(model, tiny_tokenizer)
     fuse_lora_layers(model)
     uses = _dense_weight_uses(monkeypatch)
