@@ -17,7 +17,8 @@ What ftlib does on a CUDA GPU, and why:
   so no per-tensor hooks; a large GPU's training step waits on Python, and this removes about a third
   of the per-layer Python work (measured on a CPU stand-in). Or "offload" (ftlib/offloaded_checkpoint.py):
   the same, with each layer's saved input copied to CPU memory and back without the CPU waiting, which
-  frees about 0.5 GB for an 8B model at 2 x 2,048 tokens. Neither needs float32 inputs.
+  frees about 0.8 GB for an 8B model at 2 x 2,048 tokens (6.60 against 7.44 GB on an H200). Neither needs
+  float32 inputs.
 - Padding-free batching: sequences of a batch are laid end to end instead of padded to the longest,
   so no compute is spent on padding (the attention mask keeps them apart).
 - 8-bit AdamW: optimizer state in 2 bytes per trainable number instead of 8.
@@ -211,7 +212,7 @@ def enable_gradient_checkpointing(model, mode=True):
     Example: `enable_gradient_checkpointing(model, "offload")`
 
     mode: True = reentrant checkpointing (the least Python work per layer); "offload" = the same, with each
-    layer's input kept in CPU memory until the backward pass (about 0.5 GB less for an 8B model at 2 x 2,048
+    layer's input kept in CPU memory until the backward pass (about 0.8 GB less for an 8B model at 2 x 2,048
     tokens; on a CPU it is plain reentrant checkpointing); False = off (fastest, most memory). All forms give
     the same loss and gradients; the frozen embedding layer's output is made to require gradients so the
     checkpointed layers pass gradients on to the adapters.

@@ -2,9 +2,10 @@
 
 Checkpointing keeps one tensor per decoder layer through the forward pass, the layer's input, and
 recomputes the rest in the backward pass. For an 8B model at 2 x 2,048 tokens those inputs take 32 x
-16.8 MB = 0.54 GB of GPU memory. Here each one is copied to pinned (page-locked) CPU memory as the layer
-runs, and copied back one layer ahead of its recomputation. Both copies run on a side stream beside the
-layers' kernels, and neither makes the CPU wait.
+33.5 MB = 1.07 GB of GPU memory. Here each one is copied to pinned (page-locked) CPU memory as the layer
+runs, and copied back one layer ahead of its recomputation (a long sequence's inputs, which would crowd the
+GPU, come back only when their layer needs them). Both copies run on a side stream beside the layers' kernels,
+and neither makes the CPU wait.
 
 PyTorch's own tools for this (`torch.autograd.graph.save_on_cpu`, TRL's activation offloading) hook
 every saved tensor, and `save_on_cpu` copies to the CPU synchronously; a layer-level autograd function
