@@ -690,14 +690,10 @@ def plan(name):
         # twice and the form before it (off=["unread_outputs"]); then the guide's run on a free GPU's terms
         order = [("ftlib", 1, []), ("plain", None, []), ("unsloth", 1, []), ("ftlib", 1, ["unread_outputs"]),
                  ("ftlib", 2, []), ("unsloth", 2, []), ("ftlib", 3, [])]
-        specs = [_spec(system, eight, steps=6, warmup=2, repeat=repeat, **({"off": off} if off else {}))
-                 for system, repeat, off in order]
+        specs = [_spec(system, eight, steps=6, warmup=2, repeat=repeat, off=off) for system, repeat, off in order]
         return specs + [_spec("ftlib", eight, dtype="float16", memory_cap_gb=15, steps=3, warmup=1)]
-    if name == "unread2":  # the same form on another machine: three times beside plain and Unsloth twice, then a
-        # gap report of one step
-        order = [("ftlib", 1), ("plain", None), ("unsloth", 1), ("ftlib", 2), ("unsloth", 2), ("ftlib", 3)]
-        specs = [_spec(system, eight, steps=6, warmup=2, repeat=repeat) for system, repeat in order]
-        return specs + [_spec("ftlib", eight, steps=5, warmup=2, profile="gaps")]
+    if name == "unread2":  # the same form on another machine: `grouped`'s runs, then a gap report of one step
+        return plan("grouped") + [_spec("ftlib", eight, steps=5, warmup=2, profile="gaps")]
     if name == "unread3":  # a third machine: twice beside plain and Unsloth; then the longest sequence that fits on a
         # free GPU's terms (float16, 15 GiB, batch 1)
         order = [("ftlib", 1), ("plain", None), ("unsloth", 1), ("ftlib", 2)]

@@ -205,8 +205,10 @@ class _ParkedInput:
     def prefetch(self, in_use=None):
         """Start the copy back into a return buffer other than `in_use`; `take` waits for it. An input larger
         than EARLY_COPY_SHARE of the GPU memory allowed stays where it is until `take`."""
+        if self.cpu is None:
+            return
         allowed = _gpu_memory_allowed(self.device)
-        if self.cpu is None or (allowed is not None and self.cpu.nbytes > EARLY_COPY_SHARE * allowed):
+        if allowed is not None and self.cpu.nbytes > EARLY_COPY_SHARE * allowed:
             return
         buffers = _ReturnBuffers.on(self.device)
         self.buffer = buffers.claim(self, in_use)
