@@ -140,7 +140,7 @@ def lora_products(results):
 def norms(results):
     from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
-    from ftlib.acceleration import _fused_rms_norm_forward
+    from ftlib.speed.acceleration import _fused_rms_norm_forward
 
     reference = LlamaRMSNorm(4096, eps=1e-5).to("cuda", torch.bfloat16)
     torch.nn.init.normal_(reference.weight, 1.0, 0.1)

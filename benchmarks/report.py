@@ -44,7 +44,7 @@ def _label(spec):
 
 def estimate_for(run):
     """ftlib.estimate_memory for the settings of one run: ftlib's configuration, or the plain recipe's upcasting."""
-    from ftlib.memory import estimate_memory
+    from ftlib.speed.memory import estimate_memory
 
     spec = run["spec"]
     # the mode the run used; runs before ftlib recorded it had True unless the spec chose another

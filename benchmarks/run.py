@@ -30,7 +30,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))  # ftlib from this checkout, also when the package is not installed
 
-from ftlib.memory import KNOWN_MODELS  # noqa: E402  (plain Python: imports neither torch nor transformers)
+from ftlib.speed.memory import KNOWN_MODELS  # noqa: E402  (plain Python: imports neither torch nor transformers)
 PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 # Llama shapes, written out so nothing comes from the Hub (weights are random: speed and memory don't care).
@@ -244,14 +244,14 @@ def stream_gaps(events, longest=15):
 
 def _switch_off(names):
     """Benchmark-only: turn off some of ftlib's speed options (to measure what each one brings)."""
-    from ftlib import acceleration
+    from ftlib.speed import acceleration
 
     if "fused_lora" in names:
         acceleration.fuse_lora = lambda model: 0
     if "liger" in names:
         acceleration.liger_available = lambda: False
     if "direct_dequant" in names:  # 4-bit weights de-quantised through bitsandbytes' operators, not its C functions
-        from ftlib import fused_lora
+        from ftlib.speed import fused_lora
 
         fused_lora._native_dequantizers = lambda: None
     if "nf4_kernel" in names:  # 4-bit weights de-quantised by bitsandbytes' kernels, not ftlib's one-pass kernel
@@ -259,21 +259,21 @@ def _switch_off(names):
 
         nf4_kernel._kernel = lambda: None
     if "siblings" in names:  # each fused projection computed on its own, not q/k/v and gate/up together
-        from ftlib import fused_lora
+        from ftlib.speed import fused_lora
 
         fused_lora.SIBLING_NAMES = ()
     if "unread_outputs" in names:  # down_proj's frozen multiply also in the recomputation, whose output no one reads
-        from ftlib import fused_lora
+        from ftlib.speed import fused_lora
 
         fused_lora.UNREAD_WHEN_RECOMPUTED = set()
     if "torch_rms_norm" in names:  # Liger's RMSNorm kernel instead of PyTorch's
         acceleration.TORCH_RMS_NORM_MODELS = set()
     if "prefetch" in names:  # offloaded inputs copied back when their layer's backward starts, not a layer early
-        from ftlib.offloaded_checkpoint import _ParkedInput
+        from ftlib.speed.offloaded_checkpoint import _ParkedInput
 
         _ParkedInput.prefetch_earlier = lambda parked, in_use: None
     if "nan_guard" in names:  # train's check of the gradients before each optimizer step (one sync a step)
-        from ftlib import safety
+        from ftlib.training import safety
 
         safety.NonFiniteLossGuard.on_pre_optimizer_step = lambda guard, *args, **kwargs: None
     if "cudnn_attention" in names:  # PyTorch's SDPA then picks flash or memory-efficient attention instead
@@ -373,7 +373,7 @@ def _train(spec, model, tokenizer, rows, meter):
     dataset = Dataset.from_dict({"input_ids": rows})
     if spec["system"] == "ftlib" and spec.get("padding_free"):
         # ftlib.train with the padding-free settings it gets from acceleration.trainer_settings(padding_free=True)
-        from ftlib import acceleration
+        from ftlib.speed import acceleration
 
         settings = acceleration.trainer_settings(model, padding_free=True)
         acceleration.fuse_lora(model)
@@ -382,7 +382,7 @@ def _train(spec, model, tokenizer, rows, meter):
             args=_sft_config(spec, gradient_checkpointing=False, **settings), callbacks=[meter.callback()])
         with acceleration.attention_suited_to(model, [dataset], spec["length"]):
             trainer.train()
-        return f"trl SFTTrainer with ftlib.acceleration.trainer_settings(padding_free=True) = {settings}"
+        return f"trl SFTTrainer with ftlib.speed.acceleration.trainer_settings(padding_free=True) = {settings}"
     if spec["system"] == "ftlib":
         from ftlib import train
 
@@ -401,8 +401,8 @@ def _train(spec, model, tokenizer, rows, meter):
     extra = {"gradient_checkpointing": False}  # already set up (reentrant) above
     trainer = _plain_trainer_class(spec["gpu"])(model=model, processing_class=tokenizer, train_dataset=dataset,
                          args=_sft_config(spec, **extra), callbacks=[meter.callback()])
-    if trainer.args.fp16:  # else TRL 1.15's bf16 adapters stop float16 training at the first step (see ftlib.training)
-        from ftlib.training import keep_adapters_out_of_bfloat16
+    if trainer.args.fp16:  # else TRL 1.15's bf16 adapters stop float16 training at the first step (see ftlib.training.run)
+        from ftlib.training.run import keep_adapters_out_of_bfloat16
 
         keep_adapters_out_of_bfloat16(model)
     trainer.train()
@@ -475,7 +475,7 @@ def worker(spec):
     result["acceleration"] = list(getattr(model, "ftlib_acceleration", []) or
                                   getattr(getattr(model, "get_base_model", lambda: None)(), "ftlib_acceleration", []))
     if spec["system"] == "ftlib":
-        from ftlib.acceleration import gradient_checkpointing_mode
+        from ftlib.speed.acceleration import gradient_checkpointing_mode
 
         result["checkpointing"] = gradient_checkpointing_mode(model)  # the report's estimate needs the mode used
     vocab = model.get_input_embeddings().weight.shape[0]

@@ -3,8 +3,8 @@
 - `evaluate` measures a held-out set: loss and perplexity (how surprised the model is by the right answers)
   and accuracy (does it generate them), with every example kept for you to read.
 - `compare` puts two models (or two results) side by side on the same set: before and after fine-tuning.
-- `diagnose` (in ftlib.diagnosis, importable from here too) reads a training history and says whether
-  the run over-fitted, under-fitted, diverged or looks healthy, from which step, and what to change.
+
+`diagnose`, which reads a training history, lives with training (ftlib.training.diagnosis).
 """
 
 import math
@@ -13,7 +13,7 @@ import unicodedata
 from dataclasses import dataclass, field
 
 from ftlib.checks import check_positive
-from ftlib.diagnosis import Diagnosis, diagnose  # noqa: F401  (its home before ftlib.diagnosis)
+from ftlib.data import ensure_formatted
 from ftlib.errors import FtlibError
 
 # ---------------------------------------------------------------------------------------------------
@@ -191,20 +191,16 @@ def _as_formatted_rows(dataset, tokenizer, max_seq_length):
                 "e.g. evaluate(model, tokenizer, dataset['validation'])"
             )
         dataset = dataset["test"]
-    columns = set(dataset.column_names) if isinstance(dataset, Dataset) else None
-    needed = {"prompt", "completion", "input_ids", "labels"}
-    if columns is None or not needed <= columns:
-        if isinstance(dataset, Dataset) and "input_ids" in columns and not {"prompt", "completion"} <= columns:
-            raise FtlibError(
-                "this dataset has token ids but no 'prompt'/'completion' columns, so the answers cannot be "
-                "checked: pass format_dataset's output, or the raw rows (e.g. {'question', 'answer'}) to evaluate"
-            )
-        from ftlib.data import format_dataset
-
-        settings = {"max_seq_length": max_seq_length} if max_seq_length else {}
-        dataset = format_dataset(dataset, tokenizer, verbose=False, **settings)
-        if isinstance(dataset, DatasetDict):
-            dataset = dataset["test"]
+    if isinstance(dataset, Dataset) and "input_ids" in dataset.column_names \
+            and not {"prompt", "completion"} <= set(dataset.column_names):
+        raise FtlibError(
+            "this dataset has token ids but no 'prompt'/'completion' columns, so the answers cannot be "
+            "checked: pass format_dataset's output, or the raw rows (e.g. {'question', 'answer'}) to evaluate"
+        )
+    dataset = ensure_formatted(dataset, tokenizer, max_seq_length=max_seq_length,
+                               needed=("prompt", "completion", "input_ids", "labels"))
+    if isinstance(dataset, DatasetDict):
+        dataset = dataset["test"]
     rows = [
         {name: row[name] for name in ("prompt", "completion", "input_ids", "labels")}
         for row in dataset

@@ -17,7 +17,7 @@ import torch
 
 from ftlib.checks import check_positive
 from ftlib.errors import FtlibError
-from ftlib.templates import end_of_turn_marker
+from ftlib.data.templates import end_of_turn_marker
 
 # Roles the chat templates of common models accept.
 _ROLES = ("system", "user", "assistant", "tool")

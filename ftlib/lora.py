@@ -2,7 +2,7 @@
 
 import torch
 
-from ftlib import acceleration
+from ftlib.speed import acceleration
 from ftlib.checks import check_checkpointing, check_positive
 from ftlib.errors import FtlibError
 

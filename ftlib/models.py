@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ftlib import acceleration
+from ftlib.speed import acceleration
 from ftlib.checks import check_positive
 from ftlib.demo import DEMO_ALIAS
 from ftlib.errors import FtlibError

@@ -840,7 +840,7 @@ def notebook_06():
             reserved on it; on a CPU, the memory of this Python process.
             """),
         code("""
-            from ftlib.memory import measured_usage
+            from ftlib.speed.memory import measured_usage
 
             memory_before = measured_usage()
             print(memory_before)

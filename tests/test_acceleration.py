@@ -1,4 +1,4 @@
-"""ftlib.acceleration keeps the math: on the same batch, each option's loss equals the plain path's.
+"""ftlib.speed.acceleration keeps the math: on the same batch, each option's loss equals the plain path's.
 
 On a CPU the GPU-only options (Liger kernels, 8-bit AdamW, fused LoRA) must switch themselves off without
 an error; the options that exist here (both checkpointing forms, padding-free batching)
@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from ftlib import acceleration
+from ftlib.speed import acceleration
 from ftlib.errors import FtlibError
-from ftlib.offloaded_checkpoint import offloaded_checkpoint, reentrant_checkpoint
+from ftlib.speed.offloaded_checkpoint import offloaded_checkpoint, reentrant_checkpoint
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -249,7 +249,7 @@ def test_fused_lora_keeps_loss_and_gradients(tiny_path, load_in_4bit, lora_alpha
     """The fused LoRA path computes PEFT's numbers: same loss, same adapter gradients (float32 here), with the
     update scaled (alpha 16 at r=8) or not (alpha 8, where the backward pass skips the scaling)."""
     from ftlib import load_model
-    from ftlib.fused_lora import fuse_lora_layers, unfuse_lora_layers
+    from ftlib.speed.fused_lora import fuse_lora_layers, unfuse_lora_layers
 
     model, tokenizer = load_model(tiny_path, load_in_4bit=load_in_4bit, dtype=torch.float32, max_seq_length=128)
     model = _lora_with_nonzero_update(model, lora_alpha=lora_alpha)
@@ -271,7 +271,7 @@ def test_fused_lora_leaves_generation_and_other_adapters_to_peft(tiny_path):
     """In eval mode without gradients (generation) or with the adapter switched off, PEFT's own forward runs;
     in train mode it is fused, also without gradients (the first pass of reentrant checkpointing)."""
     from ftlib import load_model
-    from ftlib.fused_lora import _LoraProjections, fuse_lora_layers
+    from ftlib.speed.fused_lora import _LoraProjections, fuse_lora_layers
 
     model, tokenizer = load_model(tiny_path, load_in_4bit=False, max_seq_length=128)
     model = _lora_with_nonzero_update(model)
@@ -322,7 +322,7 @@ def test_fused_siblings_compute_q_k_and_v_together_and_step_back_when_fed_differ
     feeds k another tensor still gets the right numbers, and from then on each projection runs on its own."""
     from peft import LoraConfig, get_peft_model
 
-    from ftlib.fused_lora import _LoraProjections, fuse_lora_layers
+    from ftlib.speed.fused_lora import _LoraProjections, fuse_lora_layers
 
     torch.manual_seed(0)
     config = LoraConfig(r=4, lora_alpha=8, alpha_pattern={"k_proj": 2}, target_modules=["q_proj", "k_proj", "v_proj",
@@ -364,7 +364,7 @@ def test_fused_siblings_are_computed_apart_while_one_of_them_needs_peft():
     """A sibling with dropout (which PEFT's forward applies) keeps PEFT's forward, and the others run alone."""
     from peft import LoraConfig, get_peft_model
 
-    from ftlib.fused_lora import _LoraProjections, fuse_lora_layers
+    from ftlib.speed.fused_lora import _LoraProjections, fuse_lora_layers
 
     torch.manual_seed(0)
     model = get_peft_model(_AttentionLike(), LoraConfig(r=4, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
@@ -384,7 +384,7 @@ def test_fused_siblings_are_computed_apart_while_one_of_them_needs_peft():
 
 def _dense_weight_uses(monkeypatch):
     """Counts, per frozen layer, how often the fused path makes its dense weight (each use of it: one multiply)."""
-    from ftlib import fused_lora
+    from ftlib.speed import fused_lora
 
     uses, dense_weight = collections.Counter(), fused_lora._dense_weight
     monkeypatch.setattr(fused_lora, "_dense_weight",
@@ -407,7 +407,7 @@ def test_recomputation_leaves_out_the_mlp_output_nobody_reads(tiny_path, mode, m
     added to the residual stream), and the loss and every gradient stay PEFT's; without checkpointing there is
     no recomputation and nothing to leave out."""
     from ftlib import load_model
-    from ftlib.fused_lora import fuse_lora_layers
+    from ftlib.speed.fused_lora import fuse_lora_layers
 
     model, tokenizer = load_model(tiny_path, load_in_4bit=False, dtype=torch.float32, max_seq_length=128)
     model = _lora_with_nonzero_update(model, checkpointing=mode)
@@ -427,7 +427,7 @@ def test_recomputation_keeps_the_mlp_output_a_norm_reads(tiny_tokenizer, monkeyp
     multiply runs in the recomputation too, and the gradients stay PEFT's."""
     from transformers import Gemma2Config, Gemma2ForCausalLM
 
-    from ftlib.fused_lora import fuse_lora_layers
+    from ftlib.speed.fused_lora import fuse_lora_layers
 
     torch.manual_seed(0)
     config = Gemma2Config(vocab_size=len(tiny_tokenizer), pad_token_id=tiny_tokenizer.pad_token_id, hidden_size=32,
@@ -460,7 +460,7 @@ def test_fuse_lora_only_on_a_gpu(tiny_model, tiny_path, monkeypatch):
 def test_fused_lora_matches_peft_in_bfloat16_on_cuda(tiny_path):
     """On a GPU in 4-bit with bf16 autocast: the fused loss and gradients agree with PEFT's within bf16 rounding."""
     from ftlib import load_model
-    from ftlib.fused_lora import fuse_lora_layers
+    from ftlib.speed.fused_lora import fuse_lora_layers
 
     model, tokenizer = load_model(tiny_path, load_in_4bit=True, dtype=torch.bfloat16, max_seq_length=128)
     model = _lora_with_nonzero_update(model)
@@ -493,8 +493,8 @@ def test_fused_lora_dequantises_exactly_as_bitsandbytes(tiny_path, double_quant,
     import bitsandbytes
 
     from ftlib import models
-    from ftlib import nf4_kernel as kernel_module
-    from ftlib.fused_lora import _dequantize_4bit
+    from ftlib.speed import nf4_kernel as kernel_module
+    from ftlib.speed.fused_lora import _dequantize_4bit
 
     if not nf4_kernel:
         monkeypatch.setattr(kernel_module, "_kernel", lambda: None)
@@ -542,7 +542,7 @@ def test_nf4_kernel_follows_the_4bit_format_in_tritons_interpreter(nested, monke
     pytest.importorskip("triton")
     import bitsandbytes
 
-    from ftlib import nf4_kernel
+    from ftlib.speed import nf4_kernel
 
     kernel = nf4_kernel._build_kernel()
     torch.manual_seed(0)
@@ -563,7 +563,7 @@ def test_nf4_kernel_follows_the_4bit_format_in_tritons_interpreter(nested, monke
 
 def test_nf4_kernel_that_cannot_run_warns_once_and_leaves_it_to_bitsandbytes(monkeypatch):
     """A Triton that cannot compile the kernel (too old, or an unsupported GPU) never stops training."""
-    from ftlib import nf4_kernel
+    from ftlib.speed import nf4_kernel
 
     launches = []
 
@@ -586,7 +586,7 @@ def test_nf4_kernel_that_cannot_run_warns_once_and_leaves_it_to_bitsandbytes(mon
 def test_nf4_kernel_is_launched_directly_only_where_that_gives_tritons_result(monkeypatch):
     """A compiled kernel is launched directly only if its first direct launch writes what Triton's launch wrote;
     a Triton whose compiled kernels take other arguments, or give other numbers, keeps Triton's own launch."""
-    from ftlib import nf4_kernel
+    from ftlib.speed import nf4_kernel
 
     monkeypatch.setattr(torch._C, "_cuda_getCurrentRawStream", lambda index: 0, raising=False)
     written = torch.arange(8.0)
@@ -615,7 +615,7 @@ def test_nf4_kernel_dequantises_exactly_as_bitsandbytes_on_cuda(nested):
     the first time for each kind of weight, and directly after that where sizes and pointers allow."""
     import bitsandbytes
 
-    from ftlib import nf4_kernel
+    from ftlib.speed import nf4_kernel
 
     torch.manual_seed(0)
     for shape, blocksize in _NF4_CASES + [((1024, 4096), 64), ((14336, 4096), 64)]:

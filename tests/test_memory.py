@@ -1,9 +1,9 @@
-"""ftlib.memory: the estimate's arithmetic and behaviour, and the measured-usage helper (CPU only)."""
+"""ftlib.speed.memory: the estimate's arithmetic and behaviour, and the measured-usage helper (CPU only)."""
 
 import pytest
 
 from ftlib.errors import FtlibError
-from ftlib.memory import GB, KNOWN_MODELS, estimate_memory, measured_usage, model_shape, normalise_name
+from ftlib.speed.memory import GB, KNOWN_MODELS, estimate_memory, measured_usage, model_shape, normalise_name
 
 
 def test_methods_order_by_memory():

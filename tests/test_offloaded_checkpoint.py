@@ -1,4 +1,4 @@
-"""ftlib/offloaded_checkpoint.py: the "offload" checkpointing recomputes exactly what the first pass computed.
+"""ftlib/speed/offloaded_checkpoint.py: the "offload" checkpointing recomputes exactly what the first pass computed.
 
 The function parks a layer's input in CPU memory and recomputes the layer in the backward pass. On a CPU
 the production entry point hands CPU tensors to PyTorch's reentrant checkpoint, so these tests call the
@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from ftlib.offloaded_checkpoint import _OffloadedLayer, offloaded_checkpoint
+from ftlib.speed.offloaded_checkpoint import _OffloadedLayer, offloaded_checkpoint
 
 
 class _Layer(nn.Module):
@@ -169,7 +169,7 @@ DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.i
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_the_earlier_input_is_copied_back_during_the_later_backward(device):
-    from ftlib.offloaded_checkpoint import _ReturnBuffers
+    from ftlib.speed.offloaded_checkpoint import _ReturnBuffers
 
     layers, hidden, outputs = _three_layers(device)
     parked = [output.grad_fn.parked for output in outputs]
@@ -198,7 +198,7 @@ def test_the_earlier_input_is_copied_back_during_the_later_backward(device):
 def test_an_input_too_large_for_the_early_copy_comes_back_when_its_layer_needs_it(device, monkeypatch):
     """With GPU memory tight (here: 100 times a layer input allowed, so 1% is just under one input) no input is
     copied back early, which would hold a second buffer; each comes back on demand and the gradients stay exact."""
-    from ftlib import offloaded_checkpoint
+    from ftlib.speed import offloaded_checkpoint
 
     layers, hidden, outputs = _three_layers(device)
     monkeypatch.setattr(offloaded_checkpoint, "_gpu_memory_allowed", lambda device: 100 * hidden.nbytes - 1)
@@ -220,7 +220,7 @@ def test_an_input_too_large_for_the_early_copy_comes_back_when_its_layer_needs_i
 def test_an_input_whose_buffer_was_handed_on_comes_from_its_cpu_copy(device):
     """Three forward passes, then backward passes out of order: the third pass's backward copies back the
     second pass's last input early; the first pass's backward then reuses that buffer. Gradients stay exact."""
-    from ftlib.offloaded_checkpoint import _ReturnBuffers
+    from ftlib.speed.offloaded_checkpoint import _ReturnBuffers
 
     passes = [_three_layers(device) for _ in range(3)]
     gradients = {}
@@ -239,7 +239,7 @@ def test_an_input_whose_buffer_was_handed_on_comes_from_its_cpu_copy(device):
 
 
 def test_released_buffers_are_gone_and_the_next_backward_still_exact():
-    from ftlib.offloaded_checkpoint import _ReturnBuffers, release_return_buffers
+    from ftlib.speed.offloaded_checkpoint import _ReturnBuffers, release_return_buffers
 
     _, hidden, outputs = _three_layers("cpu")
     outputs[1].sum().backward()  # layers 1 and 0: layer 0's input came back in a buffer
@@ -270,7 +270,7 @@ def test_unsupported_backward_calls_say_what_to_do_instead():
 
 
 def test_parked_bytes_are_counted_until_the_backward_pass_frees_them():
-    from ftlib import offloaded_checkpoint as module
+    from ftlib.speed import offloaded_checkpoint as module
 
     layer = _Layer(dropout=0.0)
     hidden = torch.randn(2, 4, 16).requires_grad_(True)
@@ -285,7 +285,7 @@ def test_parked_bytes_are_counted_until_the_backward_pass_frees_them():
 
 
 def test_short_cpu_memory_keeps_inputs_on_the_gpu_with_one_warning(monkeypatch):
-    from ftlib import offloaded_checkpoint as module
+    from ftlib.speed import offloaded_checkpoint as module
 
     for name, value in (("parked", 0), ("measured", False), ("warned", False)):
         monkeypatch.setattr(module._Parking, name, value)
@@ -307,6 +307,6 @@ def test_short_cpu_memory_keeps_inputs_on_the_gpu_with_one_warning(monkeypatch):
 
 @pytest.mark.skipif(not os.path.exists("/proc/meminfo"), reason="reads Linux's /proc/meminfo")
 def test_available_cpu_memory_is_read_on_linux():
-    from ftlib.offloaded_checkpoint import _available_cpu_memory
+    from ftlib.speed.offloaded_checkpoint import _available_cpu_memory
 
     assert 2**20 < _available_cpu_memory() < 2**50

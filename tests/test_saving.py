@@ -12,8 +12,9 @@ import torch
 import ftlib
 from ftlib.errors import FtlibError
 from ftlib.generation import generate, run_chat
-from ftlib.exporting import chat_template_parts, ollama_stops, push_to_hub, render_with_parts
-from ftlib.saving import save
+from ftlib.export.hub import push_to_hub
+from ftlib.export.ollama import chat_template_parts, ollama_stops, render_with_parts
+from ftlib.export.saving import save
 
 PROMPTS = ["Acme shares rose after strong sales. Positive or negative?", "Globex"]
 RAW = "Acme shares"
@@ -147,7 +148,7 @@ def test_dequantising_weights_the_cpu_kernel_repacked():
     import bitsandbytes
     from bitsandbytes.functional import _convert_weight_packed_for_cpu
 
-    from ftlib.saving import _dequantize_cpu_packed
+    from ftlib.export.merged import _dequantize_cpu_packed
 
     torch.manual_seed(0)
     layer = bitsandbytes.nn.Linear4bit(128, 64, bias=False, compute_dtype=torch.float32, quant_type="nf4",
@@ -241,7 +242,7 @@ def test_a_failed_save_leaves_the_earlier_save_intact(tuned, tmp_path, monkeypat
     def broken_card(*args, **kwargs):  # fails after the weights were written
         raise OSError("disk full")
 
-    monkeypatch.setattr("ftlib.saving.model_card", broken_card)
+    monkeypatch.setattr("ftlib.export.saving.model_card", broken_card)
     with pytest.raises(OSError, match="disk full"):
         save(model, tokenizer, folder, method="merged_16bit", overwrite=True, verbose=False)
     assert snapshot(folder) == before
@@ -257,7 +258,7 @@ def test_a_failed_save_leaves_the_earlier_save_intact(tuned, tmp_path, monkeypat
             raise OSError("rename failed")
         return real_replace(source, destination)
 
-    monkeypatch.setattr("ftlib.saving.os.replace", failing_second_rename)
+    monkeypatch.setattr("ftlib.export.saving.os.replace", failing_second_rename)
     with pytest.raises(OSError, match="rename failed"):
         save(model, tokenizer, folder, method="merged_16bit", overwrite=True, verbose=False)
     monkeypatch.undo()
@@ -399,19 +400,8 @@ def test_gguf_runs_the_llama_cpp_converter(tuned, tmp_path):
     assert "FROM ./model-q8_0.gguf" in (folder / "Modelfile").read_text()
 
 
-def test_export_names_stay_importable_from_saving():
-    # Notebooks and user code import these from ftlib.saving, where they lived before ftlib.exporting.
-    import ftlib.exporting
-    import ftlib.saving
-
-    for name in ("chat_template_parts", "render_with_parts", "ollama_stops", "ollama_modelfile", "find_llama_cpp",
-                 "resolve_token", "push_to_hub", "GGUF_QUANTIZATIONS", "GGUF_STEPS"):
-        assert getattr(ftlib.saving, name) is getattr(ftlib.exporting, name), name
-    assert ftlib.push_to_hub is ftlib.exporting.push_to_hub
-
-
 def test_gguf_modelfile_falls_back_to_the_template_stored_in_the_gguf(tiny_tokenizer, tmp_path):
-    from ftlib.exporting import write_ollama_files
+    from ftlib.export.ollama import write_ollama_files
 
     tokenizer = tiny_tokenizer
     original = tokenizer.chat_template

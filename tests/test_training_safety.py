@@ -8,10 +8,10 @@ import torch
 from transformers import TrainerCallback
 
 from ftlib import add_lora, format_dataset, load_model, train
-from ftlib import safety
+from ftlib.training import safety
 from ftlib.demo import load_headlines
 from ftlib.errors import FtlibError
-from ftlib.diagnosis import diagnose
+from ftlib.training.diagnosis import diagnose
 
 
 @pytest.fixture(scope="module")
@@ -250,7 +250,7 @@ def test_interrupt_message_says_how_to_resume(tmp_path):
 
 def test_float16_training_gets_float32_adapters_back():
     """TRL 1.15 makes a quantised model's adapters bf16; a float16 run needs them in float32 for its loss scaler."""
-    from ftlib.training import keep_adapters_out_of_bfloat16
+    from ftlib.training.run import keep_adapters_out_of_bfloat16
 
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)).to(torch.bfloat16)
     model[0].requires_grad_(False)  # a frozen bf16 layer stays as it is

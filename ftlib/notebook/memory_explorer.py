@@ -4,9 +4,9 @@ Built from ipywidgets that exist in both 7.7.1 (Colab) and 8: dropdowns, an Outp
 on "value". The first estimate is printed when the explorer is created, so a saved notebook shows it.
 """
 
-from ftlib.memory import estimate_memory
+from ftlib.speed.memory import estimate_memory
 
-# Representative open models of each size (their published config numbers live in ftlib.memory).
+# Representative open models of each size (their published config numbers live in ftlib.speed.memory).
 COMMON_SIZES = {
     "1B": "llama-3.2-1b",
     "3B": "llama-3.2-3b",

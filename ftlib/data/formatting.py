@@ -2,9 +2,9 @@
 
 The guide's step 3: the quality and amount of your data largely decide the result. Question/answer
 pairs are the usual shape; Alpaca instructions, conversations (ShareGPT or OpenAI messages),
-prompt/completion pairs and raw text (documents, code) work too (see ftlib/shapes.py). Files and
-folders are read by ftlib/readers.py, chat templates live in ftlib/templates.py, the length
-report in ftlib/lengths.py (`length_report` is importable from here too).
+prompt/completion pairs and raw text (documents, code) work too (see ftlib/data/shapes.py). Files and
+folders are read by ftlib/data/readers.py, chat templates live in ftlib/data/templates.py, the length
+report in ftlib/data/lengths.py (`length_report` is importable from here too).
 
     >>> from ftlib import format_dataset
     >>> dataset = format_dataset([{"question": "Shares rose 5%. Impact?", "answer": "positive"}], tokenizer)
@@ -20,12 +20,12 @@ import numbers
 import warnings
 
 from ftlib.errors import FtlibError
-from ftlib.lengths import LengthReport, default_max_seq_length, first_split, length_report, tokenizer_adds_bos
-from ftlib.readers import read_table
-from ftlib.shapes import choose_shape, to_example
-from ftlib.templates import end_of_turn_marker, render_segments, resolve_template, warn_end_of_turn
+from ftlib.data.lengths import LengthReport, default_max_seq_length, first_split, tokenizer_adds_bos
+from ftlib.data.readers import read_table
+from ftlib.data.shapes import choose_shape, to_example
+from ftlib.data.templates import end_of_turn_marker, render_segments, resolve_template, warn_end_of_turn
 
-__all__ = ["IGNORE_INDEX", "LengthReport", "format_dataset", "length_report", "marked_example", "show_example"]
+__all__ = ["IGNORE_INDEX", "ensure_formatted", "format_dataset", "length_report", "marked_example", "show_example"]
 
 IGNORE_INDEX = -100  # the label PyTorch's cross-entropy skips
 
@@ -324,3 +324,53 @@ def show_example(dataset, tokenizer, index=0):
         f"Example {index}: {len(example['input_ids'])} tokens, {trained} trained on. "
         f"Inside ⟦ ⟧: read only (labels -100); outside: learned.\n{text}"
     )
+
+def _has_columns(dataset, needed):
+    return hasattr(dataset, "column_names") and isinstance(dataset.column_names, list) \
+        and set(needed) <= set(dataset.column_names)
+
+
+def ensure_formatted(data, tokenizer, *, max_seq_length=None, needed=("input_ids", "labels"), verbose=False):
+    """`data` as format_dataset output: returned unchanged when every split has the `needed` columns, else formatted.
+
+    train, evaluate and length_report all accept raw rows as well as format_dataset's output; this is the one
+    place that tells the two apart.
+
+    Example:
+        >>> ensure_formatted([{"question": "Shares rose. Impact?", "answer": "positive"}], tokenizer).column_names
+        ['text', 'prompt', 'completion', 'input_ids', 'attention_mask', 'labels']
+    """
+    splits = list(data.values()) if _is_splits(data) else [data]
+    if all(_has_columns(split, needed) for split in splits):
+        return data
+    settings = {"max_seq_length": max_seq_length} if max_seq_length else {}
+    return format_dataset(data, tokenizer, verbose=verbose, **settings)
+
+
+def length_report(dataset, tokenizer=None, max_seq_length=None):
+    """Token-length statistics; `dataset` is format_dataset output (or raw data, then `tokenizer` is needed).
+
+    Lengths count the whole `text` of each example (before any truncation) when a tokenizer is given.
+
+    Example:
+        >>> print(length_report(dataset, tokenizer))
+        Token lengths of 400 examples: min 18, median 24, 95th percentile 31, max 40; none longer ...
+    """
+    dataset = first_split(dataset)
+    if tokenizer is None and not _has_columns(dataset, ("input_ids",)):
+        raise FtlibError("length_report needs a tokenizer for unformatted data: length_report(data, tokenizer)")
+    dataset = ensure_formatted(dataset, tokenizer, max_seq_length=max_seq_length, needed=("input_ids",))
+    known = getattr(dataset, "ftlib_length_report", None)  # counted before truncation or dropping
+    if known is not None and max_seq_length in (None, known.max_seq_length):
+        return known
+    if max_seq_length is None:
+        max_seq_length = default_max_seq_length(tokenizer)
+    if tokenizer is None:
+        lengths = [len(ids) for ids in dataset["input_ids"]]
+    else:
+        adds_bos = tokenizer_adds_bos(tokenizer)
+        texts = list(dataset["text"])
+        encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
+        bos = tokenizer.bos_token
+        lengths = [len(ids) + (adds_bos and not text.startswith(bos)) for ids, text in zip(encoded, texts)]
+    return LengthReport(lengths, max_seq_length)

@@ -15,18 +15,18 @@ What ftlib does on a CUDA GPU, and why:
   adapter learns.
 - Gradient checkpointing in PyTorch's "reentrant" form: the first forward pass runs without autograd,
   so no per-tensor hooks; a large GPU's training step waits on Python, and this removes about a third
-  of the per-layer Python work (measured on a CPU stand-in). Or "offload" (ftlib/offloaded_checkpoint.py):
+  of the per-layer Python work (measured on a CPU stand-in). Or "offload" (ftlib/speed/offloaded_checkpoint.py):
   the same, with each layer's saved input copied to CPU memory and back without the CPU waiting, which
   frees about 0.8 GB for an 8B model at 2 x 2,048 tokens (6.60 against 7.44 GB on an H200). Neither needs
   float32 inputs.
 - Padding-free batching: sequences of a batch are laid end to end instead of padded to the longest,
   so no compute is spent on padding (the attention mask keeps them apart).
 - 8-bit AdamW: optimizer state in 2 bytes per trainable number instead of 8.
-- Fused LoRA projections (ftlib/fused_lora.py): the adapter's product and the frozen layer's output are
+- Fused LoRA projections (ftlib/speed/fused_lora.py): the adapter's product and the frozen layer's output are
   summed by the matrix multiply itself, instead of PEFT's copy, scale and add passes, and projections of the
   same input (q, k and v; gate and up) are computed together; when checkpointing recomputes a layer, the MLP's
   last multiply, whose output nothing reads then, is left out. Their 4-bit weights are unpacked by one kernel
-  of ftlib's (ftlib/nf4_kernel.py), bit for bit as bitsandbytes does, in less GPU time and with fewer launches.
+  of ftlib's (ftlib/speed/nf4_kernel.py), bit for bit as bitsandbytes does, in less GPU time and with fewer launches.
 - Growable CUDA memory segments (PyTorch's `expandable_segments`), so less reserved memory is lost to
   fragmentation; skipped when the user configured PyTorch's allocator themselves.
 - Attention that suits the data's lengths: PyTorch prefers cuDNN's attention on a Hopper GPU, which plans
@@ -191,12 +191,12 @@ def fuse_lora(model):
 
     Example: `fuse_lora(model)  # 224 for an 8B Llama with adapters on all seven projections`
 
-    Generation keeps PEFT's own forward (see ftlib/fused_lora.py); nothing changes on a CPU or under
+    Generation keeps PEFT's own forward (see ftlib/speed/fused_lora.py); nothing changes on a CPU or under
     FTLIB_PLAIN=1.
     """
     if plain_requested() or model_device_type(model) != "cuda":
         return 0
-    from ftlib.fused_lora import fuse_lora_layers
+    from ftlib.speed.fused_lora import fuse_lora_layers
 
     count = fuse_lora_layers(model)
     base = _base_model(model)
@@ -227,7 +227,7 @@ def enable_gradient_checkpointing(model, mode=True):
             base.gradient_checkpointing_disable()
         return model
     base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
-    from ftlib.offloaded_checkpoint import offloaded_checkpoint, reentrant_checkpoint
+    from ftlib.speed.offloaded_checkpoint import offloaded_checkpoint, reentrant_checkpoint
 
     for module in base.modules():  # both report their recomputation, so fused LoRA can leave out unread work
         if getattr(module, "gradient_checkpointing", False):

@@ -5,7 +5,7 @@ with the model's markers ("<|user|>", "### Response:", ...). A model only answer
 format it was trained in, so ftlib uses the tokenizer's own template when it has one, and otherwise
 a built-in one chosen by name:
 
-    >>> from ftlib.templates import template_names
+    >>> from ftlib.data.templates import template_names
     >>> template_names()
     ['alpaca', 'chatml', 'llama-3']
 

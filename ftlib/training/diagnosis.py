@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 
 from ftlib.errors import FtlibError
-from ftlib.history import TrainingHistory
+from ftlib.training.history import TrainingHistory
 
 # Thresholds, in loss units (cross-entropy on the answer tokens). The guide: a healthy run settles near
 # 0.5-1.0 and does not reach 0.

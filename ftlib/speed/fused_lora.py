@@ -33,8 +33,8 @@ import types
 
 import torch
 
-from ftlib import nf4_kernel
-from ftlib.offloaded_checkpoint import recomputing
+from ftlib.speed import nf4_kernel
+from ftlib.speed.offloaded_checkpoint import recomputing
 
 
 @functools.cache

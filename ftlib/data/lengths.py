@@ -13,7 +13,6 @@ look before training:
 import math
 import statistics
 
-from ftlib.errors import FtlibError
 
 FALLBACK_MAX_SEQ_LENGTH = 2048  # the guide's testing length, when the tokenizer states none
 
@@ -94,36 +93,3 @@ class LengthReport:
 def first_split(dataset):
     is_dict = hasattr(dataset, "column_names") and isinstance(dataset.column_names, dict)
     return dataset["train"] if is_dict else dataset
-
-
-def length_report(dataset, tokenizer=None, max_seq_length=None):
-    """Token-length statistics; `dataset` is format_dataset output (or raw data, then `tokenizer` is needed).
-
-    Lengths count the whole `text` of each example (before any truncation) when a tokenizer is given.
-
-    Example:
-        >>> print(length_report(dataset, tokenizer))
-        Token lengths of 400 examples: min 18, median 24, 95th percentile 31, max 40; none longer ...
-    """
-    dataset = first_split(dataset)
-    if not (hasattr(dataset, "column_names") and "input_ids" in dataset.column_names):
-        if tokenizer is None:
-            raise FtlibError("length_report needs a tokenizer for unformatted data: length_report(data, tokenizer)")
-        from ftlib.data import format_dataset  # here: ftlib.data imports this module
-
-        settings = {"max_seq_length": max_seq_length} if max_seq_length else {}
-        dataset = format_dataset(dataset, tokenizer, verbose=False, **settings)
-    known = getattr(dataset, "ftlib_length_report", None)  # counted before truncation or dropping
-    if known is not None and max_seq_length in (None, known.max_seq_length):
-        return known
-    if max_seq_length is None:
-        max_seq_length = default_max_seq_length(tokenizer)
-    if tokenizer is None:
-        lengths = [len(ids) for ids in dataset["input_ids"]]
-    else:
-        adds_bos = tokenizer_adds_bos(tokenizer)
-        texts = list(dataset["text"])
-        encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
-        bos = tokenizer.bos_token
-        lengths = [len(ids) + (adds_bos and not text.startswith(bos)) for ids, text in zip(encoded, texts)]
-    return LengthReport(lengths, max_seq_length)

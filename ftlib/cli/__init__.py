@@ -67,7 +67,7 @@ def _parser():
 
 
 def _quickstart(arguments):
-    from ftlib.quickstart import run_quickstart
+    from ftlib.cli.quickstart import run_quickstart
 
     run_quickstart(output_dir=arguments.output_dir, max_steps=arguments.max_steps)
 

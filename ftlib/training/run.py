@@ -1,0 +1,248 @@
+"""Step 6 of the guide: train, on TRL's SFTTrainer, and keep a history a plot or a diagnosis can read."""
+
+import math
+import time
+
+import torch
+from transformers.trainer_callback import PrinterCallback
+
+from ftlib.checks import check_positive
+from ftlib.data import ensure_formatted
+from ftlib.errors import FtlibError
+from ftlib.speed import acceleration
+from ftlib.speed.offloaded_checkpoint import release_return_buffers
+from ftlib.training import safety
+from ftlib.training.history import TrainingHistory
+from ftlib.training.trainer import (FtlibTrainer, HistoryCallback, ProgressCallback, keep_adapters_out_of_bfloat16,
+                                    quiet_dataset_preparation)
+
+
+def train(
+    model,
+    tokenizer,
+    dataset,
+    *,
+    per_device_train_batch_size=2,  # 1-8: larger is faster per example but needs more memory
+    gradient_accumulation_steps=4,  # effective batch = 2 x 4 = 8; raise it instead of the batch when memory is short
+    max_steps=60,  # optimizer steps; 60 is a quick first run, ignored when num_train_epochs is set
+    num_train_epochs=None,  # 1-3 passes over the data; more risks over-fitting
+    learning_rate=2e-4,  # 2e-4 for LoRA; 1e-4 to 5e-5 is gentler and suits longer runs and full fine-tuning
+    warmup_steps=5,  # steps of linearly rising learning rate at the start: steadies the first updates
+    lr_scheduler_type="linear",  # "linear" decays to 0; "cosine" decays smoothly; "constant" never does
+    weight_decay=0.01,  # 0-0.1: a mild pull of weights toward 0 against over-fitting
+    max_seq_length=None,  # None = the tokenizer's model_max_length (load_model's max_seq_length)
+    eval_dataset=None,  # held-out examples: their loss shows over-fitting that training loss hides
+    eval_steps=None,  # evaluate every this many steps; None = about 10 times a run
+    logging_steps=1,  # log the training loss every step: the live plot and the history use it
+    output_dir="outputs",  # checkpoints go here when save_steps is set
+    save_steps=None,  # save a checkpoint every this many steps so a stopped run can resume
+    resume=False,  # True continues from the last checkpoint in output_dir
+    early_stopping_patience=None,  # stop after this many evaluations without a better held-out loss
+    seed=3407,  # same seed, same data order and dropout: runs repeat
+    callbacks=None,  # extra transformers TrainerCallbacks, e.g. the notebooks' live loss plot
+    optim=None,  # None = 8-bit AdamW on a GPU, AdamW on the CPU
+    verbose=True,  # print a progress line about ten times a run (skipped when a callback shows progress itself)
+):
+    """Fine-tune `model` on `dataset` and return the loss history.
+
+    `dataset` is what `format_dataset` returned (a DatasetDict's "test" split becomes the held-out set),
+    or raw rows, which are formatted first. The model learns in place; afterwards it is in eval mode.
+
+    Example:
+        >>> history = train(model, tokenizer, format_dataset(rows, tokenizer), max_steps=60)
+        >>> history.final_loss
+        0.52
+    """
+    _check_settings(per_device_train_batch_size, gradient_accumulation_steps, max_steps, num_train_epochs,
+                    learning_rate, warmup_steps, save_steps, eval_steps, early_stopping_patience)
+    max_seq_length = max_seq_length or tokenizer.model_max_length
+    train_dataset, eval_dataset = _prepare_datasets(dataset, eval_dataset, tokenizer, max_seq_length)
+    if early_stopping_patience is not None and eval_dataset is None:
+        raise FtlibError(
+            "early_stopping_patience needs held-out data to watch: pass eval_dataset=..., or "
+            "format_dataset(..., test_size=0.2) and train on the DatasetDict it returns"
+        )
+    checkpoint = _checkpoint_to_resume(output_dir) if resume else None
+    by_epochs = num_train_epochs is not None
+    total_steps = _planned_steps(len(train_dataset), per_device_train_batch_size, gradient_accumulation_steps,
+                                 num_train_epochs) if by_epochs else max_steps
+    if eval_dataset is not None and eval_steps is None:
+        eval_steps = max(1, total_steps // 10)
+    if early_stopping_patience is not None:
+        save_steps = eval_steps  # the best checkpoint can only be kept if one is saved at each evaluation
+    stopper, stopping_settings = (safety.early_stopping(early_stopping_patience)
+                                  if early_stopping_patience is not None else (None, {}))
+    config = _trainer_config(model, dict(
+        output_dir=output_dir, per_device_train_batch_size=per_device_train_batch_size,
+        per_device_eval_batch_size=per_device_train_batch_size, gradient_accumulation_steps=gradient_accumulation_steps,
+        max_steps=-1 if by_epochs else max_steps, num_train_epochs=num_train_epochs if by_epochs else 1,
+        learning_rate=learning_rate, warmup_steps=warmup_steps, lr_scheduler_type=lr_scheduler_type,
+        weight_decay=weight_decay, logging_steps=logging_steps, eval_strategy="no" if eval_dataset is None else "steps",
+        eval_steps=eval_steps, save_strategy="steps" if save_steps else "no", save_steps=save_steps or 500, seed=seed,
+        data_seed=seed, max_length=max_seq_length, optim=optim,
+    ) | stopping_settings)
+    history = TrainingHistory()
+    guard = safety.NonFiniteLossGuard(history=history)
+    shows_progress = any(getattr(callback, "shows_progress", False) for callback in callbacks or [])
+    all_callbacks = [HistoryCallback(history), guard, *(callbacks or []),
+                     *([ProgressCallback(history)] if verbose and not shows_progress else []),
+                     *([stopper] if stopper is not None else [])]
+    with quiet_dataset_preparation():
+        trainer = FtlibTrainer(model=model, args=config, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                               processing_class=tokenizer, callbacks=all_callbacks)
+    _run(trainer, model, history, checkpoint, [train_dataset, eval_dataset], max_seq_length)
+    if guard.triggered:
+        print(guard.message)
+    elif history.stopped_reason == "finished" and safety.stopped_early(stopper, trainer.state):
+        history.stopped_reason = safety.STOPPED_EARLY
+    if history.eval_loss:
+        history.best_step = history.eval_steps[history.eval_loss.index(min(history.eval_loss))]
+    model.ftlib_training = {
+        "learning_rate": learning_rate,
+        "per_device_train_batch_size": per_device_train_batch_size,
+        "gradient_accumulation_steps": gradient_accumulation_steps,
+        "max_steps": None if by_epochs else max_steps,
+        "num_train_epochs": num_train_epochs,
+        "steps_done": trainer.state.global_step,
+        "train_examples": len(train_dataset),
+        "final_loss": history.final_loss,
+        "final_eval_loss": history.final_eval_loss,
+        "data_shape": getattr(train_dataset, "ftlib_shape", None) or "",
+        "eval_examples": len(eval_dataset) if eval_dataset is not None else 0,
+        "seconds": round(history.seconds, 1),
+        "stopped_reason": history.stopped_reason,
+    }
+    return history
+
+
+def _trainer_config(model, choices):
+    """TRL's SFTConfig: the user's choices, the settings every ftlib run shares, then the speed options."""
+    from trl import SFTConfig
+
+    device = next(model.parameters()).device
+    model_dtype = _compute_dtype(model)
+    settings = dict(
+        choices,
+        bf16=device.type == "cuda" and model_dtype == torch.bfloat16,
+        fp16=device.type == "cuda" and model_dtype == torch.float16,
+        gradient_checkpointing=False,  # add_lora already set it up the way the user chose
+        report_to="none",
+        disable_tqdm=True,  # the history, the notebooks' live plot and our own progress line report instead
+        dataloader_num_workers=0,
+        logging_nan_inf_filter=False,  # let the NaN guard see a NaN loss instead of an averaged-over one
+        dataloader_pin_memory=device.type == "cuda",
+    )
+    optim = settings.pop("optim", None)
+    settings.update(acceleration.trainer_settings(model))  # may replace defaults above (e.g. max_length)
+    if optim is not None:
+        settings["optim"] = optim
+    acceleration.fuse_lora(model)
+    return SFTConfig(**settings)
+
+
+def _run(trainer, model, history, checkpoint, datasets, max_seq_length):
+    """trainer.train(), keeping the history through an interrupt and turning out-of-memory into advice."""
+    trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; the progress line replaces it
+    if trainer.args.fp16:
+        keep_adapters_out_of_bfloat16(model)
+    model.config.use_cache = False  # the generation cache only costs memory while training
+    started = time.perf_counter()
+    try:
+        with acceleration.attention_suited_to(model, datasets, max_seq_length):
+            trainer.train(resume_from_checkpoint=checkpoint)
+    except KeyboardInterrupt:
+        history.stopped_reason = safety.STOPPED_INTERRUPTED
+        output_dir = trainer.args.output_dir
+        print(safety.interrupt_message(trainer.state.global_step, trainer.state.max_steps, output_dir,
+                                       safety.last_checkpoint(output_dir)))
+    except Exception as error:
+        if safety.is_out_of_memory(error):
+            raise safety.out_of_memory_error(error, _memory_settings(model, trainer.args)) from error
+        raise
+    finally:
+        release_return_buffers()  # offloaded checkpointing's two layer-input buffers, for what comes next
+        history.seconds = time.perf_counter() - started
+        model.config.use_cache = True
+        model.eval()
+
+
+def _checkpoint_to_resume(output_dir):
+    checkpoint = safety.last_checkpoint(output_dir)
+    if checkpoint is None:
+        raise FtlibError(
+            f"resume=True but {output_dir!r} holds no checkpoint: train with save_steps=... "
+            "(and the same output_dir) first, or leave resume=False to start fresh"
+        )
+    return checkpoint
+
+
+def _prepare_datasets(dataset, eval_dataset, tokenizer, max_seq_length):
+    """The training and held-out token columns; raw rows are formatted first (a "test" split is held out)."""
+    from datasets import DatasetDict
+
+    dataset = ensure_formatted(dataset, tokenizer, max_seq_length=max_seq_length, needed=("input_ids",), verbose=True)
+    if isinstance(dataset, DatasetDict):
+        if "train" not in dataset:
+            raise FtlibError(
+                f"the DatasetDict has splits {list(dataset)} but no 'train': pass dataset['<name>'] instead"
+            )
+        if eval_dataset is None and "test" in dataset:
+            eval_dataset = dataset["test"]
+        dataset = dataset["train"]
+    if eval_dataset is not None:
+        eval_dataset = _token_columns(ensure_formatted(eval_dataset, tokenizer, max_seq_length=max_seq_length,
+                                                       needed=("input_ids",)), "eval_dataset")
+    return _token_columns(dataset, "dataset"), eval_dataset
+
+
+def _token_columns(dataset, name):
+    if len(dataset) == 0:
+        raise FtlibError(f"{name} is empty: training needs at least one example")
+    shape = getattr(dataset, "ftlib_shape", None)
+    dataset = dataset.select_columns([column for column in ("input_ids", "labels") if column in dataset.column_names])
+    dataset.ftlib_shape = shape
+    return dataset
+
+
+def _check_settings(batch, accumulation, max_steps, epochs, learning_rate, warmup, save_steps, eval_steps, patience):
+    check_positive("per_device_train_batch_size", batch, "2 (or 1 if memory is short)")
+    check_positive("gradient_accumulation_steps", accumulation, "4 (effective batch = batch size x accumulation)")
+    if epochs is None:
+        check_positive("max_steps", max_steps, "60, or set num_train_epochs=1 to train by passes over the data")
+    else:
+        check_positive("num_train_epochs", epochs, "1 to 3", whole=False)
+    if isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float)) or not learning_rate > 0 \
+            or math.isinf(learning_rate):
+        raise FtlibError(
+            f"learning_rate must be a positive number, got {learning_rate!r}: try 2e-4 for LoRA "
+            "(1e-4 to 5e-5 for gentler, longer runs)"
+        )
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise FtlibError(f"warmup_steps must be a whole number of at least 0, got {warmup!r}: try 5")
+    check_positive("save_steps", save_steps, "50 (a checkpoint every 50 steps)", allow_none=True)
+    check_positive("eval_steps", eval_steps, "10, or None to evaluate about 10 times a run", allow_none=True)
+    check_positive("early_stopping_patience", patience, "3 evaluations", allow_none=True)
+
+
+def _planned_steps(examples, batch, accumulation, epochs):
+    return max(1, math.ceil(math.ceil(examples / batch) / accumulation * epochs))
+
+
+def _compute_dtype(model):
+    for parameter in model.parameters():
+        if parameter.dtype in (torch.float16, torch.bfloat16, torch.float32):
+            return parameter.dtype
+    return torch.float32
+
+
+def _memory_settings(model, config):
+    """What the out-of-memory advice needs to know about this run."""
+    settings = dict(getattr(model, "ftlib_settings", {}))
+    lora = settings.pop("lora", {})
+    return {
+        **settings,
+        "r": lora.get("r"),
+        "per_device_train_batch_size": config.per_device_train_batch_size,
+        "gradient_accumulation_steps": config.gradient_accumulation_steps,
+        "gradient_checkpointing": acceleration.gradient_checkpointing_mode(model),
+    }
