@@ -12,9 +12,14 @@ model's weight shapes.
 
 import argparse
 import json
+import os
+import sys
 import time
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # ftlib from this checkout
 
 
 def per_call_microseconds(function, repeats=2000):
@@ -67,22 +72,36 @@ class _TritonLaunchOnly(dict):
         return True
 
 
-def _without_kernel(function):
-    """`function()` with ftlib's NF4 kernel turned off (bitsandbytes' C functions de-quantise)."""
-    from ftlib import nf4_kernel
+def _switched_off(names, function):
+    """`function()` with ftlib's speed options `names` switched off, through FTLIB_SPEED_OFF as a user would.
 
-    saved = nf4_kernel._kernel
-    nf4_kernel._kernel = lambda: None
+    The fused path reads its de-quantisers from the switches when layers are fused; here they are read directly.
+    """
+    from ftlib.speed.fused_lora import _Dequantizers
+    from ftlib.speed.switches import OFF_VARIABLE
+
+    before = os.environ.get(OFF_VARIABLE)
+    os.environ[OFF_VARIABLE] = ",".join(names)
+    _Dequantizers.read_switches()
     try:
         return function()
     finally:
-        nf4_kernel._kernel = saved
+        if before is None:
+            del os.environ[OFF_VARIABLE]
+        else:
+            os.environ[OFF_VARIABLE] = before
+        _Dequantizers.read_switches()
+
+
+def _without_kernel(function):
+    """`function()` with ftlib's NF4 kernel switched off (bitsandbytes' C functions de-quantise)."""
+    return _switched_off(["nf4_kernel"], function)
 
 
 def dequantisation(results):
     import bitsandbytes
 
-    from ftlib import fused_lora, nf4_kernel
+    from ftlib.speed import fused_lora, nf4_kernel
 
     packed, state = _quantized((4096, 4096))
     expected = bitsandbytes.functional.dequantize_4bit(packed, state)
@@ -104,13 +123,9 @@ def dequantisation(results):
         nf4_kernel._COMPILED = saved
     results["us_dequantize_native"] = _without_kernel(
         lambda: per_call_microseconds(lambda: fused_lora._dequantize_4bit(small, small_state)))
-    saved = fused_lora._native_dequantizers
-    fused_lora._native_dequantizers = lambda: None
-    try:
-        results["us_dequantize_operators"] = _without_kernel(
-            lambda: per_call_microseconds(lambda: fused_lora._dequantize_4bit(small, small_state)))
-    finally:
-        fused_lora._native_dequantizers = saved
+    results["us_dequantize_operators"] = _switched_off(  # neither ftlib's kernel nor the C functions: the operators
+        ["nf4_kernel", "direct_dequant"],
+        lambda: per_call_microseconds(lambda: fused_lora._dequantize_4bit(small, small_state)))
     for shape in ((4096, 4096), (1024, 4096), (14336, 4096)):  # the 8B model's q/o, k/v and MLP weights
         packed, state = _quantized(shape)
         name = "x".join(map(str, shape))
@@ -183,7 +198,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=None, help="also write the figures to this JSON file")
     arguments = parser.parse_args()
-    results = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__}
+    results = {"date": time.strftime("%Y-%m-%d", time.gmtime()), "gpu": torch.cuda.get_device_name(0),
+               "torch": torch.__version__}
     for part in (small_operations, dequantisation, lora_products, norms):
         try:
             part(results)

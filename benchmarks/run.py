@@ -1,17 +1,20 @@
 """Side-by-side fine-tuning benchmark: ftlib's defaults, the plain transformers + PEFT + TRL recipe, Unsloth.
 
-Every configuration trains in its own Python process, on the same random-initialised checkpoint of a real
-architecture (weights don't change speed) and the same token data, with the guide's settings: LoRA r=16 on
-all seven projections, batch 2, gradient accumulation 4, learning rate 2e-4, 8-bit AdamW on a GPU.
+Every run trains in its own Python process, on the same random-initialised checkpoint of a real architecture
+(weights don't change speed) and the same token data, with the guide's settings: LoRA r=16 on all seven
+projections, batch 2, gradient accumulation 4, learning rate 2e-4, 8-bit AdamW on a GPU. The runs come from
+the named plans of plans.toml.
 
-    python benchmarks/run.py --smoke              # CPU, tiny shape, a few seconds a process (CI runs it)
-    python benchmarks/run.py --plan main          # GPU: the grid, highest priority first, within --budget
-    python benchmarks/run.py --report results.json  # rebuild the README table from saved results
+    python benchmarks/run.py --list                        # the plans and their runs
+    python benchmarks/run.py --plan qlora_8b --dry-run     # a plan's runs, as the workers would get them
+    python benchmarks/run.py --smoke                       # CPU, tiny shape: ftlib and plain agree (CI runs its worker)
+    python benchmarks/run.py --plan qlora_8b --budget 540  # GPU: runs in order while the budget lasts
+    python benchmarks/report.py                            # benchmarks/README.md's tables from results.json
 
 Figures per run: tokens/s (real, non-padding tokens of an optimizer step over the median step time after
-warm-up), peak reserved and allocated GPU memory during training, load time, first and last loss, and the
-loss of the untrained model on one fixed batch (the parity check: same weights, same batch, so every
-system must agree within bf16 rounding).
+warm-up), peak reserved and allocated GPU memory during training, load time, the loss of every step, and the
+loss of the untrained model on one fixed batch (the parity check: same weights, same batch, so every system
+must agree within bf16 rounding). A GPU plan's call is appended to benchmarks/results.json (or --out).
 """
 
 import argparse
@@ -242,56 +245,6 @@ def stream_gaps(events, longest=15):
     }
 
 
-def _switch_off(names):
-    """Benchmark-only: turn off some of ftlib's speed options (to measure what each one brings)."""
-    from ftlib.speed import acceleration
-
-    if "fused_lora" in names:
-        acceleration.fuse_lora = lambda model: 0
-    if "liger" in names:
-        acceleration.liger_available = lambda: False
-    if "direct_dequant" in names:  # 4-bit weights de-quantised through bitsandbytes' operators, not its C functions
-        from ftlib.speed import fused_lora
-
-        fused_lora._native_dequantizers = lambda: None
-    if "nf4_kernel" in names:  # 4-bit weights de-quantised by bitsandbytes' kernels, not ftlib's one-pass kernel
-        from ftlib import nf4_kernel
-
-        nf4_kernel._kernel = lambda: None
-    if "siblings" in names:  # each fused projection computed on its own, not q/k/v and gate/up together
-        from ftlib.speed import fused_lora
-
-        fused_lora.SIBLING_NAMES = ()
-    if "unread_outputs" in names:  # down_proj's frozen multiply also in the recomputation, whose output no one reads
-        from ftlib.speed import fused_lora
-
-        fused_lora.UNREAD_WHEN_RECOMPUTED = set()
-    if "torch_rms_norm" in names:  # Liger's RMSNorm kernel instead of PyTorch's
-        acceleration.TORCH_RMS_NORM_MODELS = set()
-    if "prefetch" in names:  # offloaded inputs copied back when their layer's backward starts, not a layer early
-        from ftlib.speed.offloaded_checkpoint import _ParkedInput
-
-        _ParkedInput.prefetch_earlier = lambda parked, in_use: None
-    if "nan_guard" in names:  # train's check of the gradients before each optimizer step (one sync a step)
-        from ftlib.training import safety
-
-        safety.NonFiniteLossGuard.on_pre_optimizer_step = lambda guard, *args, **kwargs: None
-    if "cudnn_attention" in names:  # PyTorch's SDPA then picks flash or memory-efficient attention instead
-        import torch
-
-        torch.backends.cuda.enable_cudnn_sdp(False)
-
-
-def _compile_layers(model):
-    """Experiment: torch.compile each decoder layer (one graph shared by all layers of the same shape)."""
-    import torch
-
-    torch._dynamo.config.cache_size_limit = 64
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    for layer in base.model.layers:
-        layer.compile()
-
-
 def _sft_config(spec, **extra):
     from trl import SFTConfig
 
@@ -339,8 +292,6 @@ def load_system(spec):
     if spec["system"] == "ftlib":
         from ftlib import add_lora, load_model
 
-        _switch_off(spec.get("off", ()))
-
         model, tokenizer = load_model(folder, max_seq_length=spec["max_seq_length"], dtype=dtype,
                                       load_in_4bit=quantized)
         chosen = {"use_gradient_checkpointing": spec["checkpointing"]} if "checkpointing" in spec else {}
@@ -372,7 +323,7 @@ def _train(spec, model, tokenizer, rows, meter):
 
     dataset = Dataset.from_dict({"input_ids": rows})
     if spec["system"] == "ftlib" and spec.get("padding_free"):
-        # ftlib.train with the padding-free settings it gets from acceleration.trainer_settings(padding_free=True)
+        # train does not ask for padding-free batching: TRL's trainer with the settings trainer_settings gives for it
         from ftlib.speed import acceleration
 
         settings = acceleration.trainer_settings(model, padding_free=True)
@@ -455,7 +406,22 @@ def _free(torch, model=None):
 
 
 def worker(spec):
-    """Run one configuration and return its figures (a dict)."""
+    """Run one configuration and return its figures (a dict). ftlib's options in `spec["off"]` are switched off
+    the way a user does it, through FTLIB_SPEED_OFF (ftlib/speed/switches.py), for this run only."""
+    from ftlib.speed.switches import OFF_VARIABLE
+
+    before = os.environ.get(OFF_VARIABLE)
+    os.environ[OFF_VARIABLE] = ",".join(spec.get("off", ()))
+    try:
+        return _measure(spec)
+    finally:
+        if before is None:
+            del os.environ[OFF_VARIABLE]
+        else:
+            os.environ[OFF_VARIABLE] = before
+
+
+def _measure(spec):
     if spec["system"] == "unsloth":
         import unsloth  # noqa: F401  (must come before transformers to patch it)
     import torch
@@ -486,8 +452,6 @@ def worker(spec):
     # With profile=True the last step runs under torch.profiler and is left out of the timings.
     meter = _Meter(model, pad_id, device, profile_step=spec["steps"] - 1 if spec.get("profile") else None,
                    profile_kind=spec["profile"] if spec.get("profile") in ("python", "gaps") else "torch")
-    if spec.get("compile"):
-        _compile_layers(model)
 
     _free(torch)
     if spec["gpu"]:
@@ -553,167 +517,83 @@ def _one_step(spec, model, tokenizer, meter, length, tried):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# The plans: which configurations, in priority order.
+# The plans: data in plans.toml, made into complete, checked run specs here.
 
-def _spec(system, shape, method="qlora", mix="fixed", length=2048, **extra):
+PLANS_FILE = HERE / "plans.toml"
+SYSTEMS = ("ftlib", "plain", "unsloth")
+RUN_KEYS = {"system", "shape", "method", "mix", "length", "batch", "accumulation", "steps", "warmup", "dtype", "gpu",
+            "memory_cap_gb", "max_seq_length", "longest", "checkpointing", "padding_free", "off", "profile", "repeat"}
+CHOICES = {"system": SYSTEMS, "shape": tuple(SHAPES), "method": ("qlora", "lora16"), "mix": ("fixed", "variable"),
+           "dtype": ("bfloat16", "float16", "float32"), "profile": ("torch", "gaps", "python")}
+
+
+def make_spec(system, shape, method="qlora", mix="fixed", length=2048, **extra):
+    """One run's complete settings, named after what sets it apart. Example: `make_spec("ftlib", "tiny", gpu=False)`."""
     spec = dict(system=system, shape=shape, method=method, mix=mix, length=length, batch=2, accumulation=4,
-                steps=5, warmup=2, dtype="bfloat16", gpu=True, max_seq_length=length)
+                steps=6, warmup=2, dtype="bfloat16", gpu=True, max_seq_length=length)
     spec.update(extra)
     spec["name"] = "/".join(str(part) for part in (
         system, shape, method, mix, spec["length"], spec["dtype"],
         f"cap{spec['memory_cap_gb']}" if spec.get("memory_cap_gb") else "",
         "no-" + "-no-".join(spec["off"]) if spec.get("off") else "",
         f"ckpt-{spec['checkpointing']}" if "checkpointing" in spec else "",
-        "compiled" if spec.get("compile") else "", f"profile-{spec['profile']}" if spec.get("profile") else "",
+        f"profile-{spec['profile']}" if spec.get("profile") else "",
         "padding-free" if spec.get("padding_free") else "", f"run{spec['repeat']}" if spec.get("repeat") else "")
         if part)
     return spec
 
 
-SYSTEMS = ("ftlib", "plain", "unsloth")
+def load_plans(path=PLANS_FILE):
+    """{name: {"about": text, "runs": [spec, ...]}} from plans.toml, every run checked.
+
+    Example: `load_plans()["smoke"]["runs"][0]["name"]  # 'ftlib/tiny/lora16/fixed/256/float32'`
+    """
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    from ftlib.speed.switches import names
+
+    data = tomllib.loads(Path(path).read_text())
+    plans = {}
+    for name, plan in data["plans"].items():
+        specs = []
+        for index, run in enumerate(plan["runs"], 1):
+            settings = {**data.get("defaults", {}), **plan.get("common", {}), **run}
+            where = f"{Path(path).name}: plan {name!r}, run {index}"
+            unknown = sorted(set(settings) - RUN_KEYS)
+            if unknown or "system" not in settings or "shape" not in settings:
+                raise SystemExit(f"{where}: unknown keys {unknown} or no system/shape; the keys are {sorted(RUN_KEYS)}")
+            for key, allowed in CHOICES.items():
+                if key in settings and settings[key] not in allowed:
+                    raise SystemExit(f"{where}: {key} = {settings[key]!r}, use one of {', '.join(allowed)}")
+            if settings.get("off") or settings.get("padding_free"):
+                if settings["system"] != "ftlib":
+                    raise SystemExit(f"{where}: off and padding_free are ftlib's options, not {settings['system']}'s")
+                names(",".join(settings.get("off", ())))  # an unknown option name stops here, with the list
+            system, shape = settings.pop("system"), settings.pop("shape")
+            specs.append(make_spec(system, shape, **settings))
+        plans[name] = {"about": plan.get("about", ""), "runs": specs}
+    return plans
 
 
 def plan(name):
-    """The configurations of a plan, highest priority first. Example: `plan("smoke")`."""
-    eight, one = "llama-3.1-8b", "llama-3.2-1b"
-    if name == "smoke":
-        specs = [_spec(system, "tiny", method="lora16", mix=mix, length=256, steps=3, warmup=1, dtype="float32",
-                       gpu=False) for system in ("ftlib", "plain") for mix in ("fixed", "variable")]
-        return specs + [_spec("ftlib", "tiny", method="lora16", mix="variable", length=256, steps=3, warmup=1,
-                              dtype="float32", gpu=False, padding_free=True)]
-    if name == "main":
-        specs = [_spec(system, eight, steps=4) for system in SYSTEMS]
-        specs += [_spec("ftlib", eight, checkpointing="offload", steps=4)]
-        specs += [_spec(system, one, steps=4) for system in SYSTEMS]
-        specs += [_spec("ftlib", eight, mix="variable", padding_free=True, steps=4)]
-        specs += [_spec(system, eight, mix="variable", steps=4) for system in ("plain", "unsloth")]
-        specs += [_spec(system, eight, dtype="float16", memory_cap_gb=15, steps=3, warmup=1, max_seq_length=65536,
-                        longest=65536) for system in SYSTEMS]
-        return specs
-    if name == "explore":  # what each option brings, with a profile of one step of ftlib and of Unsloth
-        specs = [_spec("unsloth", eight, steps=6, warmup=2, profile=True),
-                 _spec("ftlib", eight, steps=6, warmup=2, profile=True),
-                 _spec("ftlib", eight, checkpointing="offload", steps=5),
-                 _spec("ftlib", eight, steps=5, off=["fused_lora"]),
-                 _spec("plain", eight, steps=5)]
-        specs += [_spec("ftlib", one, mix="variable", padding_free=True, steps=10, warmup=3),
-                  _spec("ftlib", one, mix="variable", steps=10, warmup=3),
-                  _spec("plain", one, mix="variable", steps=10, warmup=3)]
-        return specs
-    if name == "explore2":  # what limits ftlib (a CPU-bound step): Python profile, lean fused LoRA, compile
-        return [_spec("ftlib", eight, steps=5, profile="python"),
-                _spec("ftlib", eight, steps=6, warmup=3, compile=True, off=["liger"]),
-                _spec("ftlib", eight, steps=5, off=["fused_lora"]),
-                _spec("ftlib", eight, steps=5, checkpointing="offload"),
-                _spec("ftlib", eight, steps=6, warmup=3, compile=True, off=["liger", "fused_lora"])]
-    if name == "next":  # offloading checkpointing as the default, against Unsloth and plain; the free-GPU runs
-        specs = [_spec(system, eight, steps=6, warmup=2) for system in SYSTEMS]
-        specs += [_spec("ftlib", eight, steps=6, warmup=2, checkpointing=True)]
-        specs += [_spec(system, eight, dtype="float16", memory_cap_gb=15, steps=3, warmup=1, max_seq_length=65536,
-                        longest=65536) for system in SYSTEMS]
-        return specs
-    if name == "next2":  # a second look at the default (with a GPU profile), the float16 fix, the rest of the grid
-        specs = [_spec("ftlib", eight, steps=6, warmup=2, profile=True)]
-        specs += [_spec(system, eight, dtype="float16", memory_cap_gb=15, steps=3, warmup=1, max_seq_length=65536,
-                        longest=65536) for system in ("ftlib", "plain")]
-        specs += [_spec(system, one, steps=6, warmup=2) for system in SYSTEMS]
-        specs += [_spec(system, eight, method="lora16", steps=5) for system in SYSTEMS]
-        specs += [_spec(system, one, mix="variable", steps=8, warmup=3) for system in SYSTEMS]
-        specs += [_spec("ftlib", one, mix="variable", steps=8, warmup=3, off=["cudnn_attention"])]
-        return specs
-    if name == "rest":  # the 8B trio with the copy back one layer early; variable lengths beside plain and Unsloth
-        specs = [_spec(system, eight, steps=6, warmup=2) for system in SYSTEMS]
-        specs += [_spec("ftlib", eight, steps=6, warmup=2, checkpointing=True)]
-        specs += [_spec(system, one, mix="variable", steps=8, warmup=3) for system in SYSTEMS]
-        specs += [_spec("ftlib", one, mix="variable", steps=8, warmup=3, off=["cudnn_attention"])]
-        specs += [_spec(system, eight, steps=6, warmup=2, repeat=2) for system in ("ftlib", "unsloth")]
-        return specs + [_spec("ftlib", eight, steps=6, warmup=2, profile=True)]
-    if name == "prefetch":  # the copy back a layer early, on and off, beside Unsloth, twice; lengths-aware attention
-        specs = []
-        for repeat in (1, 2):
-            specs += [_spec("ftlib", eight, steps=6, warmup=2, repeat=repeat),
-                      _spec("ftlib", eight, steps=6, warmup=2, repeat=repeat, off=["prefetch"]),
-                      _spec("unsloth", eight, steps=6, warmup=2, repeat=repeat)]
-        specs += [_spec("ftlib", one, mix="variable", steps=8, warmup=3),
-                  _spec("ftlib", eight, mix="variable", padding_free=True, steps=6, warmup=2)]
-        return specs + [_spec("ftlib", eight, steps=6, warmup=2, profile=True)]
-    if name == "final":  # the 8B trio with fixed return buffers; variable lengths with lengths-aware attention
-        specs = [_spec(system, eight, steps=6, warmup=2) for system in SYSTEMS]
-        specs += [_spec("ftlib", eight, steps=6, warmup=2, checkpointing=True)]
-        specs += [_spec(system, one, mix="variable", steps=8, warmup=3) for system in SYSTEMS]
-        return specs + [_spec(system, eight, steps=6, warmup=2, repeat=2) for system in ("ftlib", "unsloth")]
-    if name == "gaps":  # where ftlib's GPU waits in a step (gap report of the profile), beside Unsloth's
-        specs = [_spec(system, eight, steps=5, warmup=2, profile="gaps") for system in ("ftlib", "unsloth")]
-        specs += [_spec("ftlib", eight, steps=5, warmup=2, profile="gaps", off=["nan_guard"])]
-        specs += [_spec(system, eight, steps=6, warmup=2) for system in SYSTEMS]
-        return specs + [_spec("ftlib", eight, steps=6, warmup=2, off=["nan_guard"])]
-    if name == "launch":  # the C-function de-quantiser and PyTorch's RMSNorm, each on and off, beside Unsloth and plain
-        specs = []
-        for repeat in (1, 2):
-            specs += [_spec("ftlib", eight, steps=6, warmup=2, repeat=repeat),
-                      _spec("ftlib", eight, steps=6, warmup=2, repeat=repeat, off=["torch_rms_norm"]),
-                      _spec("ftlib", eight, steps=6, warmup=2, repeat=repeat, off=["direct_dequant", "torch_rms_norm"]),
-                      _spec("unsloth", eight, steps=6, warmup=2, repeat=repeat)]
-            specs += [_spec("plain", eight, steps=6, warmup=2)] if repeat == 1 else []
-        return specs
-    if name == "lean":  # fewer kernels per projection (float32 gradients, block scales reused): the trio, twice.
-        # Its call at 23:28 also had ftlib keep the adapters' bfloat16 casts between optimizer steps (removed since)
-        # in run1 and run2, and ran the committed form once more, as "no-kept_casts" (a switch removed with it).
-        specs = []
-        for repeat in (1, 2):
-            specs += [_spec("ftlib", eight, steps=6, warmup=2, repeat=repeat),
-                      _spec("unsloth", eight, steps=6, warmup=2, repeat=repeat)]
-            specs += [_spec("plain", eight, steps=6, warmup=2)] if repeat == 1 else []
-        return specs
-    if name == "kernel":  # ftlib's one-pass NF4 kernel on and off, alternately, beside plain and Unsloth; then a
-        # gap report of each. The calls at 00:29 and 00:36 UTC ran earlier orders of these runs (results.json notes)
-        specs = []
-        for repeat in (1, 2):
-            specs += [_spec("ftlib", eight, steps=6, warmup=2, repeat=repeat),
-                      _spec("ftlib", eight, steps=6, warmup=2, repeat=repeat, off=["nf4_kernel"])]
-            specs += [_spec("plain" if repeat == 1 else "unsloth", eight, steps=6, warmup=2)]
-        return specs + [_spec("ftlib", eight, steps=5, warmup=2, profile="gaps", off=off)
-                        for off in ([], ["nf4_kernel"])]
-    if name == "siblings":  # sibling projections computed together (q/k/v, gate/up) on and off, twice, beside
-        # plain and Unsloth; then the guide's run on a free GPU's terms (float16, 15 GiB)
-        specs = []
-        for repeat in (1, 2):
-            specs += [_spec("ftlib", eight, steps=6, warmup=2, repeat=repeat),
-                      _spec("ftlib", eight, steps=6, warmup=2, repeat=repeat, off=["siblings"])]
-            specs += [_spec("plain" if repeat == 1 else "unsloth", eight, steps=6, warmup=2)]
-        return specs + [_spec("ftlib", eight, dtype="float16", memory_cap_gb=15, steps=3, warmup=1)]
-    if name == "grouped":  # the committed form three times (siblings together, the NF4 kernel launched directly),
-        # beside plain once and Unsloth twice
-        order = [("ftlib", 1), ("plain", None), ("unsloth", 1), ("ftlib", 2), ("unsloth", 2), ("ftlib", 3)]
-        return [_spec(system, eight, steps=6, warmup=2, repeat=repeat) for system, repeat in order]
-    if name == "unread":  # the recomputation without down_proj's frozen multiply, three times, beside plain, Unsloth
-        # twice and the form before it (off=["unread_outputs"]); then the guide's run on a free GPU's terms
-        order = [("ftlib", 1, []), ("plain", None, []), ("unsloth", 1, []), ("ftlib", 1, ["unread_outputs"]),
-                 ("ftlib", 2, []), ("unsloth", 2, []), ("ftlib", 3, [])]
-        specs = [_spec(system, eight, steps=6, warmup=2, repeat=repeat, off=off) for system, repeat, off in order]
-        return specs + [_spec("ftlib", eight, dtype="float16", memory_cap_gb=15, steps=3, warmup=1)]
-    if name == "unread2":  # the same form on another machine: `grouped`'s runs, then a gap report of one step
-        return plan("grouped") + [_spec("ftlib", eight, steps=5, warmup=2, profile="gaps")]
-    if name == "unread3":  # a third machine: twice beside plain and Unsloth; then the longest sequence that fits on a
-        # free GPU's terms (float16, 15 GiB, batch 1)
-        order = [("ftlib", 1), ("plain", None), ("unsloth", 1), ("ftlib", 2)]
-        specs = [_spec(system, eight, steps=6, warmup=2, repeat=repeat) for system, repeat in order]
-        return specs + [_spec("ftlib", eight, dtype="float16", memory_cap_gb=15, steps=3, warmup=1,
-                              max_seq_length=65536, longest=65536)]
-    if name == "longest":  # the longest sequence on a free GPU's terms once large inputs come back only when needed
-        # (offloaded_checkpoint.EARLY_COPY_SHARE), then the 8B case once (where the early copy stays on)
-        return [_spec("ftlib", eight, dtype="float16", memory_cap_gb=15, steps=3, warmup=1, max_seq_length=65536,
-                      longest=65536), _spec("ftlib", eight, steps=6, warmup=2)]
-    if name == "unsloth":  # a second call when the first could not import Unsloth
-        return [_spec("unsloth", eight, steps=4), _spec("unsloth", one, steps=4)]
-    if name == "more":
-        specs = [_spec(system, eight, dtype="float16", memory_cap_gb=15, steps=3, warmup=1, max_seq_length=131072,
-                       longest=131072) for system in SYSTEMS]
-        specs += [_spec(system, eight, method="lora16") for system in SYSTEMS]
-        specs += [_spec(system, one, mix="variable") for system in SYSTEMS]
-        specs += [_spec(system, one, method="lora16") for system in SYSTEMS]
-        return specs
-    raise SystemExit(f"unknown plan {name!r}: use smoke, main, more, next, next2, rest, prefetch, final, gaps, launch, lean, kernel, siblings, grouped, unread, unread2, unread3, longest, explore, explore2 or unsloth")
+    """The runs of the plan `name`, highest priority first. Example: `plan("smoke")`."""
+    plans = load_plans()
+    if name not in plans:
+        raise SystemExit(f"unknown plan {name!r}: use one of {', '.join(plans)} (benchmarks/plans.toml)")
+    return plans[name]["runs"]
+
+
+def select_runs(specs, numbers):
+    """The runs `numbers` ("1,7-11", 1-based) picks, in the plan's order. Example: `select_runs(plan("smoke"), "1-2")`."""
+    chosen = set()
+    for part in numbers.split(","):
+        first, _, last = part.strip().partition("-")
+        chosen.update(range(int(first), int(last or first) + 1))
+    if not chosen or min(chosen) < 1 or max(chosen) > len(specs):
+        raise SystemExit(f"--runs {numbers}: this plan has runs 1 to {len(specs)}")
+    return [spec for number, spec in enumerate(specs, 1) if number in chosen]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -742,24 +622,40 @@ def gpu_name():
         return "unknown"
 
 
+def record(out_path, call, index=None):
+    """Write `call` into the "calls" list of the JSON file `out_path` (made if missing): appended, or in place of
+    the call at `index`; returns its index. The file keeps every call, so it is the benchmark's history."""
+    path = Path(out_path)
+    data = json.loads(path.read_text()) if path.is_file() and path.stat().st_size else {"calls": []}
+    calls = data.setdefault("calls", [])
+    if index is None:
+        calls.append(call)
+        index = len(calls) - 1
+    else:
+        calls[index] = call
+    path.write_text(json.dumps(data, indent=1) + "\n")
+    return index
+
+
 def run_plan(specs, out_path, budget_seconds, workdir, keep_going=True):
-    """Run each spec in its own process, in order, while the time budget lasts; save results as they come."""
+    """Run each spec in its own process, in order, while the time budget lasts; record the call as runs finish."""
     started = time.perf_counter()
-    results = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "gpu": gpu_name(),
-               "versions": versions(), "command": " ".join([Path(sys.executable).name, *sys.argv]),
-               "runs": [], "not_run": [], "checkpoints": {}}
+    call = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "gpu": gpu_name(),
+            "versions": versions(), "command": " ".join([Path(sys.executable).name, *sys.argv]),
+            "runs": [], "not_run": [], "checkpoints": {}}
+    index = record(out_path, call)
     checkpoints = {}
     for spec in specs:
         left = budget_seconds - (time.perf_counter() - started)
         need = {"tiny": 5, "llama-3.2-1b": 40, "llama-3.1-8b": 70}[spec["shape"]] + (60 if spec.get("longest") else 0)
         if left < need + (60 if spec["shape"] not in checkpoints and spec["shape"] != "tiny" else 0):
-            results["not_run"].append({"name": spec["name"], "why": f"time budget: {left:.0f} s left"})
+            call["not_run"].append({"name": spec["name"], "why": f"time budget: {left:.0f} s left"})
             continue
         if spec["shape"] not in checkpoints:
             folder = Path(workdir) / spec["shape"]
             if not (folder / "config.json").is_file():
                 seconds = make_checkpoint(spec["shape"], folder)
-                results["checkpoints"][spec["shape"]] = round(seconds, 1)
+                call["checkpoints"][spec["shape"]] = round(seconds, 1)
             checkpoints[spec["shape"]] = str(folder)
         spec = dict(spec, checkpoint=checkpoints[spec["shape"]])
         result_file = Path(workdir) / "result.json"
@@ -777,15 +673,15 @@ def run_plan(specs, out_path, budget_seconds, workdir, keep_going=True):
         except subprocess.TimeoutExpired:
             result = {"spec": spec, "error": "timed out (time budget)"}
         result["process_seconds"] = time.perf_counter() - t0
-        results["runs"].append(result)
+        call["runs"].append(result)
         print(summary_line(result), flush=True)
         if "error" in result:
             print(result.get("log_tail", "")[-1500:], flush=True)
-        Path(out_path).write_text(json.dumps(results, indent=1))
+        record(out_path, call, index)
         if "error" in result and not keep_going:
             break
-    Path(out_path).write_text(json.dumps(results, indent=1))
-    return results
+    record(out_path, call, index)
+    return call
 
 
 def summary_line(result):
@@ -804,13 +700,16 @@ def summary_line(result):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--smoke", action="store_true", help="CPU smoke run: tiny shape, seconds")
-    parser.add_argument("--plan", default=None, help="smoke, main or more")
-    parser.add_argument("--only", default=None, help="comma-separated systems to keep (ftlib,plain,unsloth)")
-    parser.add_argument("--budget", type=float, default=540, help="seconds for the whole plan")
-    parser.add_argument("--out", default=str(HERE / "results.json"))
+    parser.add_argument("--plan", default="smoke", help="a plan of plans.toml (--list shows them); default: smoke")
+    parser.add_argument("--smoke", action="store_true", help="the same as --plan smoke: CPU, tiny shape, minutes")
+    parser.add_argument("--list", action="store_true", help="list the plans and their runs, then stop")
+    parser.add_argument("--dry-run", action="store_true", help="print the runs that would start, as JSON, then stop")
+    parser.add_argument("--runs", default=None, help="only these runs of the plan, 1-based: 1,7-11")
+    parser.add_argument("--only", default=None, help="only these systems, comma-separated: ftlib,plain,unsloth")
+    parser.add_argument("--budget", type=float, default=540, help="seconds for the whole plan (default 540)")
+    parser.add_argument("--out", default=None, help="the call is appended to this file (default: results.json here "
+                        "for a GPU plan, ftlib-benchmark-cpu.json in the temporary folder for a CPU one)")
     parser.add_argument("--workdir", default=None, help="where checkpoints go (default: a temporary folder)")
-    parser.add_argument("--report", nargs="*", default=None, help="results files to merge into README.md")
     parser.add_argument("--worker", nargs=2, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -818,23 +717,33 @@ def main(argv=None):
         result = worker(spec)
         Path(result_file).write_text(json.dumps(result))
         return 0
-    if args.report is not None:
-        from report import write_report
-
-        write_report([Path(p) for p in args.report] or [HERE / "results.json"], HERE / "README.md")
+    if args.list:
+        for name, content in load_plans().items():
+            print(f"{name}: {content['about']}")
+            for number, spec in enumerate(content["runs"], 1):
+                print(f"  {number:>2}. {spec['name']}")
         return 0
-    specs = plan("smoke" if args.smoke or not args.plan else args.plan)
+    specs = plan("smoke" if args.smoke else args.plan)
+    if args.runs:
+        specs = select_runs(specs, args.runs)
     if args.only:
         keep = set(args.only.split(","))
         specs = [spec for spec in specs if spec["system"] in keep]
+    if args.dry_run:
+        for spec in specs:
+            print(json.dumps(spec))
+        return 0
+    on_gpu = any(spec["gpu"] for spec in specs)
+    out = args.out or (HERE / "results.json" if on_gpu else Path(tempfile.gettempdir()) / "ftlib-benchmark-cpu.json")
     workdir = args.workdir or tempfile.mkdtemp(prefix="ftlib-bench-")
     try:
-        results = run_plan(specs, args.out, args.budget, workdir)
+        call = run_plan(specs, out, args.budget, workdir)
     finally:
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
-    errors = [run for run in results["runs"] if "error" in run]
-    return 1 if errors and (args.smoke or args.plan == "smoke") else 0
+    print(f"recorded in {out}")
+    errors = [run for run in call["runs"] if "error" in run]
+    return 1 if errors and not on_gpu else 0  # a CPU plan is a check: any error fails it
 
 
 if __name__ == "__main__":

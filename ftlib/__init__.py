@@ -32,6 +32,7 @@ _EXPORTS = {
     "stream": "ftlib.generation",
     "evaluate": "ftlib.evaluation",
     "compare": "ftlib.evaluation",
+    "run_harness": "ftlib.harness",  # needs the harness extra: pip install "ftlib[harness]"
     "save": "ftlib.export",
     "push_to_hub": "ftlib.export",
     "estimate_memory": "ftlib.speed.memory",

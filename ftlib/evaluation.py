@@ -13,7 +13,7 @@ import unicodedata
 from dataclasses import dataclass, field
 
 from ftlib.checks import check_positive
-from ftlib.data import ensure_formatted
+from ftlib.data.formatting import ensure_formatted, is_formatted
 from ftlib.errors import FtlibError
 
 # ---------------------------------------------------------------------------------------------------
@@ -136,13 +136,14 @@ def evaluate(
     model,
     tokenizer,
     dataset,
+    *,
     max_new_tokens=None,  # None = just over the longest expected answer; raise it for long free-form answers
     scorer=None,  # None = normalised exact match; or a function (predicted, expected) -> bool or 0..1 score
     batch_size=8,  # examples per forward pass / generation batch: larger is faster, needs more memory
     max_examples=None,  # evaluate only the first N examples (None = all): quick checks on big test sets
     measure_loss=True,  # held-out loss and perplexity (one forward pass per batch: cheap)
     measure_accuracy=True,  # generate every answer and score it (slower: one token at a time)
-    max_seq_length=None,  # for raw rows only: passed to format_dataset
+    max_seq_length=None,  # raw rows only: passed to format_dataset (formatted data keeps its own length)
 ):
     """Measure `model` on a held-out set: loss, perplexity and the accuracy of its generated answers.
 
@@ -160,6 +161,15 @@ def evaluate(
             f"scorer must be a function taking (predicted, expected) and returning True/False or a score "
             f"from 0 to 1, got {type(scorer).__name__}: e.g. scorer=lambda predicted, expected: expected in predicted"
         )
+    if not (measure_loss or measure_accuracy):
+        raise FtlibError("measure_loss=False and measure_accuracy=False leave nothing to measure: keep one of them")
+    if not measure_accuracy:
+        unused = [name for name, value in (("max_new_tokens", max_new_tokens), ("scorer", scorer)) if value is not None]
+        if unused:
+            raise FtlibError(
+                f"{' and '.join(unused)} set how answers are generated and scored, but measure_accuracy=False "
+                f"generates none: leave {' and '.join(unused)} out, or drop measure_accuracy=False"
+            )
 
     rows = _as_formatted_rows(dataset, tokenizer, max_seq_length)[:max_examples]
     examples = [
@@ -197,8 +207,14 @@ def _as_formatted_rows(dataset, tokenizer, max_seq_length):
             "this dataset has token ids but no 'prompt'/'completion' columns, so the answers cannot be "
             "checked: pass format_dataset's output, or the raw rows (e.g. {'question', 'answer'}) to evaluate"
         )
-    dataset = ensure_formatted(dataset, tokenizer, max_seq_length=max_seq_length,
-                               needed=("prompt", "completion", "input_ids", "labels"))
+    needed = ("prompt", "completion", "input_ids", "labels")
+    if max_seq_length is not None and is_formatted(dataset, needed):
+        raise FtlibError(
+            f"max_seq_length={max_seq_length} applies when evaluate formats raw rows, but this dataset is already "
+            "formatted: leave max_seq_length out, or format again with format_dataset(rows, tokenizer, "
+            f"max_seq_length={max_seq_length})"
+        )
+    dataset = ensure_formatted(dataset, tokenizer, max_seq_length=max_seq_length, needed=needed)
     if isinstance(dataset, DatasetDict):
         dataset = dataset["test"]
     rows = [
@@ -338,16 +354,36 @@ class Comparison:
         return str(self)
 
 
-def compare(before, after=None, tokenizer=None, dataset=None, names=("before", "after"), **evaluate_settings):
+def compare(before, after=None, tokenizer=None, dataset=None, *, names=("before", "after"), **evaluate_settings):
     """Evaluate two models on the same set (or take two results) and show what changed.
 
-    `before`/`after` are models or `EvaluationResult`s. Given a single LoRA model, "before" is the same
-    model with its adapters switched off, i.e. the base model before fine-tuning.
+    Three ways to call it:
+        compare(before_result, after_result)                      two `evaluate` results of the same set
+        compare(base_model, tuned_model, tokenizer, dataset)      evaluates both models on `dataset`
+        compare(lora_model, tokenizer=tokenizer, dataset=dataset) "before" is the same model with its adapters off
+
+    `evaluate_settings` (max_new_tokens, measure_loss, ...) go to `evaluate` for each model.
 
     Example:
-        >>> print(compare(model, tokenizer=tokenizer, dataset=test_rows))
+        >>> print(compare(before_result, after_result))  # doctest: +SKIP
     """
+    if _is_tokenizer(after):
+        raise FtlibError(
+            "compare's second argument is the model (or result) after fine-tuning, but it got a tokenizer: "
+            "compare(base_model, tuned_model, tokenizer, dataset), or for one LoRA model against its base, "
+            "compare(model, tokenizer=tokenizer, dataset=dataset)"
+        )
+    for position, side in (("first", before), ("second", after)):
+        if side is not None and not isinstance(side, EvaluationResult) and not callable(getattr(side, "forward", None)):
+            raise FtlibError(
+                f"compare's {position} argument must be a model or an evaluate() result, got {type(side).__name__}: "
+                "compare(before_result, after_result) or compare(base_model, tuned_model, tokenizer, dataset)"
+            )
     if after is None:
+        if isinstance(before, EvaluationResult):
+            raise FtlibError(
+                "compare got one evaluate() result and nothing to compare it with: compare(before_result, after_result)"
+            )
         if not hasattr(before, "disable_adapter"):
             raise FtlibError(
                 "compare needs two models or results, e.g. compare(base_model, tuned_model, tokenizer, dataset), "
@@ -358,6 +394,14 @@ def compare(before, after=None, tokenizer=None, dataset=None, names=("before", "
             first = evaluate(before, tokenizer, dataset, **evaluate_settings)
         second = evaluate(before, tokenizer, dataset, **evaluate_settings)
         return Comparison(first, second, tuple(names))
+    if isinstance(before, EvaluationResult) and isinstance(after, EvaluationResult):
+        unused = [name for name, value in (("tokenizer", tokenizer), ("dataset", dataset)) if value is not None]
+        unused += sorted(evaluate_settings)
+        if unused:
+            raise FtlibError(
+                f"compare got two evaluate() results, which are already measured, so {', '.join(unused)} would be "
+                "ignored: compare(before_result, after_result) alone, or pass the models to evaluate them again"
+            )
     results = []
     for side in (before, after):
         if isinstance(side, EvaluationResult):
@@ -373,6 +417,14 @@ def compare(before, after=None, tokenizer=None, dataset=None, names=("before", "
     return Comparison(results[0], results[1], tuple(names))
 
 
+def _is_tokenizer(value):
+    return value is not None and not isinstance(value, EvaluationResult) \
+        and callable(getattr(value, "apply_chat_template", None)) and not callable(getattr(value, "forward", None))
+
+
 def _require(tokenizer, dataset):
     if tokenizer is None or dataset is None:
-        raise FtlibError("to evaluate a model, compare needs tokenizer=... and dataset=... (the held-out set)")
+        raise FtlibError(
+            "to evaluate a model, compare needs its tokenizer and the held-out set: "
+            "compare(base_model, tuned_model, tokenizer, dataset)"
+        )

@@ -199,6 +199,15 @@ def _generation_config(model, tokenizer, max_new_tokens, temperature, top_p, min
         raise FtlibError(f"top_k must be a whole number of 0 or more, got {top_k!r}: 0 = off, 40-50 typical")
     if repetition_penalty <= 0:
         raise FtlibError(f"repetition_penalty must be positive, got {repetition_penalty!r}: 1.0 = off")
+    if temperature == 0:
+        chosen = [f"{name}={value!r}" for name, value, off in (("top_p", top_p, 1.0), ("min_p", min_p, 0.0),
+                                                               ("top_k", top_k, 0)) if value != off]
+        if chosen:
+            raise FtlibError(
+                f"temperature=0 picks the likeliest token every time, so {', '.join(chosen)} (for sampling) would "
+                f"be ignored: set temperature=0.7 (or another value above 0) to sample, or leave "
+                f"{', '.join(item.split('=')[0] for item in chosen)} out for greedy answers"
+            )
 
     base = getattr(model, "generation_config", None)
     config = copy.deepcopy(base) if base is not None else None
@@ -334,32 +343,33 @@ def generate(
     model,
     tokenizer,
     prompt_or_messages,
+    *,
     max_new_tokens=128,  # 16 for a label, 256-512 for paragraphs: the cap on the reply's length
-    stream=False,  # True prints the reply as it is written (terminals and notebooks) and returns it
     temperature=0.0,  # 0 = greedy (same answer every time); 0.7-1.0 varied; >1.2 often incoherent
-    top_p=1.0,  # 1.0 = off; 0.9 keeps the smallest set of tokens holding 90% of the probability
-    min_p=0.0,  # 0 = off; 0.05-0.1 drops tokens under that share of the top token's probability
-    use_chat_template=True,  # False feeds a string exactly as given (e.g. format_dataset's `prompt`)
-    top_k=0,  # 0 = off; 40-50 keeps only the k likeliest tokens when sampling
+    top_p=1.0,  # 1.0 = off; 0.9 keeps the smallest set of tokens holding 90% of the probability (sampling only)
+    min_p=0.0,  # 0 = off; 0.05-0.1 drops tokens under that share of the top token's probability (sampling only)
+    top_k=0,  # 0 = off; 40-50 keeps only the k likeliest tokens (sampling only)
     repetition_penalty=1.0,  # 1.0 = off; 1.1-1.3 discourages loops in long replies
+    use_chat_template=True,  # False feeds a string exactly as given (e.g. format_dataset's `prompt`)
     seed=None,  # a whole number makes sampling repeatable
-    output=None,  # where stream=True writes (default: sys.stdout)
+    print_tokens=False,  # True also prints the reply as it is written (one prompt only); `stream` yields the pieces
 ):
     """Write the model's reply to a prompt, a conversation, or a batch of either.
 
     A string or a list of {"role", "content"} messages returns the reply (str); a list of strings or
     of conversations returns a list of replies, generated together with left padding. Stops at EOS
     (or the chat template's end-of-turn marker). Puts the model in eval mode with the cache on.
+    With print_tokens=True the reply is also printed piece by piece as the model writes it.
 
     Example:
         >>> generate(model, tokenizer, "Headline: Acme shares jump. Positive or negative?")  # doctest: +SKIP
         'positive'
     """
     prompts, single = _split_batch(prompt_or_messages)
-    if stream and not single:
+    if print_tokens and not single:
         raise FtlibError(
-            f"stream=True shows one reply as it is written, but got a batch of {len(prompts)} prompts: "
-            "pass one prompt, or stream=False for the batch"
+            f"print_tokens=True prints one reply as it is written, but got a batch of {len(prompts)} prompts: "
+            "pass one prompt, or leave print_tokens out for the batch"
         )
     texts = [build_prompt(tokenizer, prompt, use_chat_template) for prompt in prompts]
     prepare_for_inference(model)
@@ -370,8 +380,8 @@ def generate(
     if seed is not None:
         torch.manual_seed(seed)
 
-    if stream:
-        output = output or sys.stdout
+    if print_tokens:
+        output = sys.stdout  # looked up now, so notebooks and captured output see the text
         pieces = []
         for piece in _stream_pieces(model, tokenizer, inputs, config, stop_ids):
             pieces.append(piece)
@@ -388,7 +398,20 @@ def generate(
     return replies[0] if single else replies
 
 
-def stream(model, tokenizer, prompt_or_messages, **generate_options):
+def stream(
+    model,
+    tokenizer,
+    prompt_or_messages,
+    *,
+    max_new_tokens=128,  # the cap on the reply's length, as in generate
+    temperature=0.0,  # 0 = greedy; 0.7-1.0 varied
+    top_p=1.0,  # 1.0 = off (sampling only)
+    min_p=0.0,  # 0 = off (sampling only)
+    top_k=0,  # 0 = off (sampling only)
+    repetition_penalty=1.0,  # 1.0 = off
+    use_chat_template=True,  # False feeds a string exactly as given
+    seed=None,  # a whole number makes sampling repeatable
+):
     """Yield the reply piece by piece as the model writes it (for your own display loop).
 
     Takes the same options as `generate`; joined, the pieces equal `generate`'s reply.
@@ -400,32 +423,27 @@ def stream(model, tokenizer, prompt_or_messages, **generate_options):
     prompts, single = _split_batch(prompt_or_messages)
     if not single:
         raise FtlibError("stream takes one prompt or one conversation; use generate for a batch")
-    options = dict(max_new_tokens=128, temperature=0.0, top_p=1.0, min_p=0.0, top_k=0, repetition_penalty=1.0)
-    use_chat_template = generate_options.pop("use_chat_template", True)
-    seed = generate_options.pop("seed", None)
-    unknown = set(generate_options) - set(options)
-    if unknown:
-        raise FtlibError(f"stream got unknown options {sorted(unknown)}: use {sorted(options)}")
-    options.update(generate_options)
     text = build_prompt(tokenizer, prompts[0], use_chat_template)
     prepare_for_inference(model)
     stop_ids = stop_token_ids(model, tokenizer)
-    config = _generation_config(model, tokenizer, stop_ids=stop_ids, **options)
+    config = _generation_config(model, tokenizer, max_new_tokens, temperature, top_p, min_p, top_k,
+                                repetition_penalty, stop_ids)
     inputs = _encode(tokenizer, [text], _model_device(model))
     if seed is not None:
         torch.manual_seed(seed)
     yield from _stream_pieces(model, tokenizer, inputs, config, stop_ids)
 
 
-def chat(model, tokenizer, message, history=None, system=None, **generate_options):
+def chat(model, tokenizer, message, history=None, *, system_prompt=None, **generate_options):
     """One turn of a multi-turn conversation: add `message`, generate the reply, remember both.
 
     `history` is a list of {"role", "content"} messages that this call extends in place (only when
-    the reply succeeded), so the next call sees the whole conversation.
+    the reply succeeded), so the next call sees the whole conversation. `system_prompt` starts a
+    conversation that has no system message; `generate_options` are generate's (max_new_tokens, ...).
 
     Example:
         >>> history = []
-        >>> chat(model, tokenizer, "Hello!", history)  # doctest: +SKIP
+        >>> chat(model, tokenizer, "Hello!", history, system_prompt="Answer briefly.")  # doctest: +SKIP
         'Hi! How can I help?'
         >>> chat(model, tokenizer, "What did I just say?", history)  # doctest: +SKIP
     """
@@ -436,8 +454,16 @@ def chat(model, tokenizer, message, history=None, system=None, **generate_option
     if not isinstance(history, list):
         raise FtlibError(f"history must be a list of messages (start with []), got {type(history).__name__}")
     conversation = list(history)
-    if system and not any(m.get("role") == "system" for m in conversation):
-        conversation.insert(0, {"role": "system", "content": system})
+    if system_prompt:
+        existing = [m.get("content") for m in conversation if isinstance(m, dict) and m.get("role") == "system"]
+        if not existing:
+            conversation.insert(0, {"role": "system", "content": system_prompt})
+        elif system_prompt not in existing:
+            raise FtlibError(
+                f"system_prompt={system_prompt!r} differs from the system message this history already starts "
+                f"with ({existing[0]!r}): leave system_prompt out to keep the conversation's own, or start a new "
+                "history ([]) for the new system prompt"
+            )
     conversation.append({"role": "user", "content": message})
     reply = generate(model, tokenizer, conversation, **generate_options)
     history[:] = conversation + [{"role": "assistant", "content": reply}]
@@ -446,42 +472,50 @@ def chat(model, tokenizer, message, history=None, system=None, **generate_option
 
 def run_chat(
     path_or_model,
-    tokenizer=None,  # needed when passing a model object; loaded from the folder otherwise
+    tokenizer=None,  # needed with a model object; a folder or Hub id brings its own
+    *,
     max_new_tokens=256,  # the cap on each reply
     temperature=0.0,  # 0 = greedy; 0.7 for livelier answers
-    top_p=1.0,
-    min_p=0.0,
-    system=None,  # an optional system message that starts the conversation
-    load_in_4bit=None,  # None = 4-bit on a GPU, full precision on a CPU
-    input_function=input,
-    output=None,  # default sys.stdout
+    top_p=1.0,  # 1.0 = off; 0.9 with temperature above 0
+    min_p=0.0,  # 0 = off; 0.05-0.1 with temperature above 0
+    system_prompt=None,  # an optional system message that starts the conversation
+    load_in_4bit=None,  # folder or Hub id: None = 4-bit on a GPU (a merged save unquantised), full precision on a CPU
 ):
     """An interactive terminal chat with a saved adapter or merged model; replies stream as written.
 
-    Commands: /reset starts over, /exit (or Ctrl-D) leaves. Returns the conversation.
+    Reads what you type with `input()` and prints to standard output. Commands: /reset starts over,
+    /exit (or Ctrl-D) leaves. Returns the conversation.
 
     Example:
         >>> run_chat("my-adapter")  # doctest: +SKIP
     """
-    output = output or sys.stdout
     if isinstance(path_or_model, (str, bytes)) or hasattr(path_or_model, "__fspath__"):
+        if tokenizer is not None:
+            raise FtlibError(
+                "run_chat(folder) loads the tokenizer saved with the model, so the tokenizer passed would be "
+                "ignored: run_chat(folder) alone, or run_chat(model, tokenizer) for a model already loaded"
+            )
         from ftlib.models import load_model
 
-        if load_in_4bit is None:
-            load_in_4bit = torch.cuda.is_available()
+        if load_in_4bit is None and not torch.cuda.is_available():
+            load_in_4bit = False  # on a GPU, None leaves the choice to load_model
         model, tokenizer = load_model(str(path_or_model), load_in_4bit=load_in_4bit)
     else:
         model = path_or_model
         if tokenizer is None:
             raise FtlibError("run_chat(model) needs its tokenizer too: run_chat(model, tokenizer)")
+        if load_in_4bit is not None:
+            raise FtlibError(
+                "load_in_4bit chooses how run_chat loads a folder, but this model is already loaded: leave "
+                "load_in_4bit out, or pass the folder, e.g. run_chat('my-adapter', load_in_4bit=True)"
+            )
     history = []
-    output.write("Chat with the model. /reset starts over, /exit leaves.\n")
-    output.flush()
+    print("Chat with the model. /reset starts over, /exit leaves.", flush=True)
     while True:
         try:
-            message = input_function("you> ")
+            message = input("you> ")
         except (EOFError, KeyboardInterrupt):
-            output.write("\n")
+            print()
             break
         message = message.strip()
         if not message:
@@ -490,11 +524,10 @@ def run_chat(
             break
         if message == "/reset":
             history.clear()
-            output.write("(conversation cleared)\n")
+            print("(conversation cleared)")
             continue
-        output.write("model> ")
-        output.flush()
-        chat(model, tokenizer, message, history, system=system, max_new_tokens=max_new_tokens,
-             temperature=temperature, top_p=top_p, min_p=min_p, stream=True, output=output)
-    output.flush()
+        print("model> ", end="", flush=True)
+        chat(model, tokenizer, message, history, system_prompt=system_prompt, max_new_tokens=max_new_tokens,
+             temperature=temperature, top_p=top_p, min_p=min_p, print_tokens=True)
+    sys.stdout.flush()
     return history

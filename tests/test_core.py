@@ -67,6 +67,39 @@ def test_4bit_and_8bit_together_is_refused():
         load_model("ftlib-tiny", load_in_4bit=True, load_in_8bit=True)
 
 
+def test_an_explicit_precision_that_contradicts_full_finetuning_names_the_fix(tmp_path):
+    with pytest.raises(FtlibError, match="drop load_in_4bit=True for a full fine-tune"):
+        load_model("ftlib-tiny", full_finetuning=True, load_in_4bit=True)
+    with pytest.raises(FtlibError, match="drop load_in_8bit=True for a full fine-tune"):
+        load_model("ftlib-tiny", full_finetuning=True, load_in_8bit=True)
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    with pytest.raises(FtlibError, match="leave full_finetuning out.*method='merged_16bit'"):
+        load_model(str(adapter), full_finetuning=True)
+
+
+def test_the_4bit_default_gives_way_to_an_explicit_choice():
+    from ftlib.models import _check_precision
+
+    assert _check_precision(None, False, False) is True  # the guide's default: QLoRA
+    assert _check_precision(None, True, False) is False  # load_in_8bit=True alone: 8-bit
+    assert _check_precision(None, False, True) is False  # full_finetuning=True alone: 16-bit
+    assert _check_precision(False, False, False) is False
+    model, _ = load_model("ftlib-tiny", full_finetuning=True, max_seq_length=64)
+    assert model.ftlib_settings["load_in_4bit"] is False and model.ftlib_settings["full_finetuning"]
+
+
+def test_options_after_the_model_are_keyword_only(tiny_model):
+    model, _ = tiny_model
+    with pytest.raises(TypeError):
+        load_model("ftlib-tiny", 256)
+    with pytest.raises(TypeError):
+        add_lora(model, 16)
+    with pytest.raises(TypeError):
+        add_lora(model, random_state=0)  # the seed is `seed`, as in train and format_dataset
+
+
 def test_4bit_load_and_a_training_step_on_cpu(headline_rows):
     model, tokenizer = load_model("ftlib-tiny", load_in_4bit=True, max_seq_length=128)
     quantized = [m for m in model.modules() if type(m).__name__ == "Linear4bit"]
@@ -114,6 +147,16 @@ def test_add_lora_refuses_a_full_finetuning_model():
         add_lora(model)
 
 
+def test_the_seed_decides_the_adapters_first_weights(tiny_path):
+    def first_weights(seed):
+        model, _ = load_model(str(tiny_path), load_in_4bit=False, max_seq_length=64)
+        return _lora_weights(add_lora(model, seed=seed, use_gradient_checkpointing=False))
+
+    once, again, other = first_weights(1), first_weights(1), first_weights(2)
+    assert all(torch.equal(once[name], again[name]) for name in once)
+    assert any(not torch.equal(once[name], other[name]) for name in once if "lora_A" in name)
+
+
 # train ----------------------------------------------------------------------------------------------------
 
 
@@ -151,6 +194,19 @@ def test_full_finetuning_updates_the_base_weights(headline_rows):
     after = _frozen_weights(model)
     changed = [name for name in before if not torch.equal(before[name], after[name])]
     assert any("q_proj" in name for name in changed)
+
+
+def test_train_refuses_settings_it_would_ignore(tiny_model, headline_rows):
+    model, tokenizer = tiny_model
+    model = add_lora(model, use_gradient_checkpointing=False)
+    rows = format_dataset(headline_rows[:8], tokenizer, verbose=False)
+    with pytest.raises(FtlibError, match="keep max_steps.*or num_train_epochs"):
+        train(model, tokenizer, rows, max_steps=10, num_train_epochs=1)
+    with pytest.raises(FtlibError, match="eval_steps needs held-out data.*eval_dataset="):
+        train(model, tokenizer, rows, max_steps=2, eval_steps=1)
+    with pytest.raises(FtlibError, match="leave save_steps out"):
+        train(model, tokenizer, rows, eval_dataset=rows, max_steps=4, eval_steps=2, save_steps=3,
+              early_stopping_patience=2)
 
 
 def test_raw_rows_are_formatted_automatically(tiny_model, headline_rows):

@@ -392,6 +392,10 @@ def test_show_example_marks_exactly_the_masked_part(tokenizer, capsys):
     assert marked.count("⟦") == 2 and "⟧positive<|end|>⟦" in marked and marked.endswith("⟧negative<|end|>")
     with pytest.raises(FtlibError, match="index 5 is outside"):
         marked_example(conversation, tokenizer, index=5)
+    with pytest.raises(TypeError):
+        show_example(dataset, tokenizer, 0)  # index is named
+    with pytest.raises(TypeError):
+        length_report(dataset, tokenizer, 64)  # max_seq_length is named
 
 
 # ---- nothing modified ------------------------------------------------------------------------
@@ -478,6 +482,12 @@ BAD_INPUTS = {
         QA_ROWS, {"template": "vicuna"}, r"unknown template 'vicuna': known templates are alpaca, chatml, llama-3"
     ),
     "unknown shape": (QA_ROWS, {"shape": "pairs"}, r"unknown shape 'pairs': use one of qa, alpaca"),
+    "text and question columns together": (
+        QA_ROWS, {"text_column": "question", "answer_column": "answer"}, r"pass one kind, e.g.*text_column='body'",
+    ),
+    "text column with another shape": (
+        QA_ROWS, {"text_column": "question", "shape": "qa"}, r"text_column belongs to shape='text'.*drop one of them",
+    ),
     "shape without its columns": (
         QA_ROWS, {"shape": "alpaca"},
         r"shape 'alpaca' needs the column\(s\) instruction, output.*row 0 has only \(answer, question\)",

@@ -1,6 +1,7 @@
 """The offline demo world: generators repeat, splits are clean, the corpus never shows the task,
 and the committed tiny model and tokenizer load offline and behave as a chat model's should."""
 
+import json
 import math
 import re
 from pathlib import Path
@@ -9,9 +10,9 @@ import pytest
 import torch
 
 import ftlib.demo
-from ftlib.demo import DEMO_ALIAS, load_headlines, tiny_model_path
+from ftlib.demo import DATA_FOLDER, DEMO_ALIAS, load_headlines, tiny_model_path
 from ftlib.demo.corpus import make_corpus
-from ftlib.demo.headlines import LABELS, make_splits
+from ftlib.demo.headlines import LABELS, label_of, make_splits, same_label, write_splits
 from ftlib.demo.world import company_names
 from ftlib.errors import FtlibError
 
@@ -32,10 +33,31 @@ def test_headline_generator_is_deterministic():
     assert make_splits(seed=0)["test"] != make_splits(seed=1)["test"]
 
 
-def test_committed_headlines_are_what_the_generator_writes():
-    splits = make_splits()
-    assert load_headlines("train") == splits["train"]
-    assert load_headlines("test") == splits["test"]
+def test_committed_headlines_are_what_the_generator_writes(tmp_path):
+    written = write_splits(tmp_path)
+    assert sorted(written) == ["test", "test_reasons", "train", "train_reasons"]
+    for name, path in written.items():
+        assert path.read_text() == (DATA_FOLDER / "headlines" / path.name).read_text(), name
+    assert load_headlines("test", reasons=True)[0]["answer"] == json.loads(
+        written["test_reasons"].read_text().splitlines()[0])["answer"]
+
+
+def test_reasoned_rows_keep_the_question_and_label_and_vary_their_wording():
+    plain, reasoned = load_headlines("train"), load_headlines("train", reasons=True)
+    assert len(plain) == len(reasoned)
+    for one_word, with_reason in zip(plain, reasoned):
+        assert with_reason["question"].startswith(one_word["question"])
+        assert label_of(with_reason["answer"]) == one_word["answer"]
+        assert len(with_reason["answer"].split()) >= 5  # the word and a sentence
+    # Many wordings per label: a right answer is not one fixed string, so the loss cannot reach 0.
+    assert len({row["answer"] for row in reasoned if label_of(row["answer"]) == "positive"}) >= 30
+
+
+def test_same_label_scores_the_first_word_only():
+    assert same_label("Positive. The stock should climb.", "Positive. Investors will probably cheer.")
+    assert not same_label("Negative. The stock should slide.", "Positive. The stock should climb.")
+    assert not same_label("The stock should climb.", "Positive. The stock should climb.")
+    assert label_of("negative") == "negative" and label_of("") is None
 
 
 def test_train_and_test_share_no_headline_and_no_company():

@@ -155,6 +155,22 @@ def test_bad_evaluation_input_names_the_fix(tiny_model):
         evaluate(model, tokenizer, only_ids)
 
 
+def test_evaluate_refuses_settings_it_would_ignore(tiny_model):
+    model, tokenizer = tiny_model
+    rows = load_headlines("test")[:2]
+    with pytest.raises(FtlibError, match="leave max_new_tokens out, or drop measure_accuracy=False"):
+        evaluate(model, tokenizer, rows, max_new_tokens=4, measure_accuracy=False)
+    with pytest.raises(FtlibError, match="leave scorer out"):
+        evaluate(model, tokenizer, rows, scorer=exact_match, measure_accuracy=False)
+    with pytest.raises(FtlibError, match="keep one of them"):
+        evaluate(model, tokenizer, rows, measure_loss=False, measure_accuracy=False)
+    with pytest.raises(FtlibError, match=r"leave max_seq_length out, or format again with format_dataset"):
+        evaluate(model, tokenizer, _formatted(rows, tokenizer), max_seq_length=64)
+    assert evaluate(model, tokenizer, rows, max_seq_length=64, measure_accuracy=False).loss > 0  # raw rows: used
+    with pytest.raises(TypeError):
+        evaluate(model, tokenizer, rows, 4)  # options after the dataset are named
+
+
 def test_result_prints_summary_and_wrong_answers():
     examples = [
         {"prompt": "<s>Q: Acme shares jump\nA:", "expected": "positive", "predicted": "positive", "correct": True},
@@ -183,6 +199,40 @@ def test_compare_results_counts_fixed_and_broken_answers():
     assert "2 answers fixed, 1 broken" in str(comparison)
     with pytest.raises(FtlibError, match="same dataset"):
         compare(result([True], 1.0), result([True, False], 1.0))
+
+
+def test_compare_refuses_a_wrong_mix_of_arguments(tiny_model):
+    model, tokenizer = tiny_model
+    rows = load_headlines("test")[:2]
+    measured = EvaluationResult(1.0, math.e, 1.0, [{"prompt": "a", "expected": "x", "predicted": "x", "correct": True}])
+    # evaluate's order (model, tokenizer, dataset) puts the tokenizer where the second model belongs
+    with pytest.raises(FtlibError, match=r"compare\(base_model, tuned_model, tokenizer, dataset\)"):
+        compare(model, tokenizer, rows)
+    with pytest.raises(FtlibError, match=r"compare\(before_result, after_result\) alone"):
+        compare(measured, measured, tokenizer, rows)
+    with pytest.raises(FtlibError, match="max_new_tokens would be ignored"):
+        compare(measured, measured, max_new_tokens=4)
+    with pytest.raises(FtlibError, match="needs its tokenizer and the held-out set"):
+        compare(model, measured)
+    with pytest.raises(FtlibError, match="model or an evaluate"):
+        compare(measured, rows)
+    with pytest.raises(FtlibError, match="nothing to compare it with"):
+        compare(measured)
+    with pytest.raises(TypeError):
+        compare(measured, measured, None, None, ("a", "b"))  # names are named
+
+
+def test_compare_two_models_in_the_usual_order(tiny_model):
+    model, tokenizer = tiny_model
+    rows = load_headlines("test")[:4]
+    other, _ = _load()
+    with torch.no_grad():
+        for parameter in other.parameters():
+            parameter.add_(0.01)
+    comparison = compare(model, other, tokenizer, rows, measure_accuracy=False, names=("base", "changed"))
+    assert comparison.before.loss == pytest.approx(evaluate(model, tokenizer, rows, measure_accuracy=False).loss)
+    assert comparison.after.loss != pytest.approx(comparison.before.loss, rel=1e-4)
+    assert "base" in str(comparison) and "changed" in str(comparison)
 
 
 def test_compare_one_lora_model_uses_the_base_as_before(tiny_model):

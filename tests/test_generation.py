@@ -1,7 +1,5 @@
 """generate, streaming, chat and the terminal chat loop, on the tiny demo model (CPU, full precision)."""
 
-import io
-
 import pytest
 import torch
 
@@ -82,13 +80,13 @@ def test_generate_puts_the_model_in_inference_mode(tiny_model):
     assert model.config.use_cache is True
 
 
-def test_streaming_yields_the_same_text_as_generate(tiny_model):
+def test_streaming_yields_the_same_text_as_generate(tiny_model, capsys):
     model, tokenizer = tiny_model
     options = dict(max_new_tokens=24, use_chat_template=False)  # a plain continuation: a long reply
     expected = generate(model, tokenizer, "Acme shares", **options)
-    shown = io.StringIO()
-    assert generate(model, tokenizer, "Acme shares", stream=True, output=shown, **options) == expected
-    assert shown.getvalue() == expected + "\n"
+    capsys.readouterr()
+    assert generate(model, tokenizer, "Acme shares", print_tokens=True, **options) == expected
+    assert capsys.readouterr().out == expected + "\n"
     pieces = list(stream(model, tokenizer, "Acme shares", **options))
     assert "".join(pieces) == expected
     if len(tokenizer(expected)["input_ids"]) > 2:
@@ -106,22 +104,21 @@ def test_leaving_a_stream_early_stops_generating(tiny_model):
     assert len(steps) < 50
 
 
-def test_sampling_repeats_with_a_seed_and_varies_without(tiny_model):
+def test_sampling_repeats_with_a_seed_and_varies_without(tiny_model, capsys):
     model, tokenizer = tiny_model
     options = dict(max_new_tokens=8, temperature=1.0, top_p=0.95, min_p=0.01)
     first = generate(model, tokenizer, PROMPT, seed=1, **options)
     assert generate(model, tokenizer, PROMPT, seed=1, **options) == first
     others = {generate(model, tokenizer, PROMPT, seed=seed, **options) for seed in (2, 3)}
     assert others != {first}
-    shown = io.StringIO()
-    streamed = generate(model, tokenizer, PROMPT, seed=1, stream=True, output=shown, **options)
+    streamed = generate(model, tokenizer, PROMPT, seed=1, print_tokens=True, **options)
     assert streamed == first
 
 
 def test_chat_carries_the_conversation(tiny_model):
     model, tokenizer = tiny_model
     history = []
-    first = chat(model, tokenizer, "Hello", history, system="Answer briefly.", max_new_tokens=8)
+    first = chat(model, tokenizer, "Hello", history, system_prompt="Answer briefly.", max_new_tokens=8)
     assert history == [{"role": "system", "content": "Answer briefly."},
                        {"role": "user", "content": "Hello"}, {"role": "assistant", "content": first}]
     second = chat(model, tokenizer, "And Acme?", history, max_new_tokens=8)
@@ -129,26 +126,27 @@ def test_chat_carries_the_conversation(tiny_model):
     assert second == generate(model, tokenizer, history[:4], max_new_tokens=8)
 
 
-def test_run_chat_loop_streams_and_resets(tiny_model):
+def test_run_chat_loop_streams_and_resets(tiny_model, capsys, monkeypatch):
     model, tokenizer = tiny_model
     typed = iter(["Hello", "/reset", "Acme?", "/exit"])
-    shown = io.StringIO()
-    history = run_chat(model, tokenizer, max_new_tokens=6, input_function=lambda prompt: next(typed),
-                       output=shown)
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(typed))
+    history = run_chat(model, tokenizer, max_new_tokens=6)
+    shown = capsys.readouterr().out
     assert [m["role"] for m in history] == ["user", "assistant"]
     assert history[0]["content"] == "Acme?"
     assert history[1]["content"] == generate(model, tokenizer, "Acme?", max_new_tokens=6)
-    assert "conversation cleared" in shown.getvalue()
-    assert shown.getvalue().count("model> ") == 2
+    assert "conversation cleared" in shown
+    assert shown.count("model> ") == 2
 
 
-def test_run_chat_ends_on_end_of_input(tiny_model):
+def test_run_chat_ends_on_end_of_input(tiny_model, monkeypatch):
     model, tokenizer = tiny_model
 
-    def no_more_input(prompt):
+    def no_more_input(prompt=""):
         raise EOFError
 
-    assert run_chat(model, tokenizer, input_function=no_more_input, output=io.StringIO()) == []
+    monkeypatch.setattr("builtins.input", no_more_input)
+    assert run_chat(model, tokenizer) == []
 
 
 @pytest.mark.parametrize(
@@ -158,7 +156,9 @@ def test_run_chat_ends_on_end_of_input(tiny_model):
         ("Hi", {"temperature": -1}, "temperature"),
         ("Hi", {"top_p": 0}, "top_p"),
         ("Hi", {"min_p": 1.5}, "min_p"),
-        (["a", "b"], {"stream": True}, "stream=False"),
+        (["a", "b"], {"print_tokens": True}, "leave print_tokens out"),
+        ("Hi", {"top_p": 0.9}, "temperature=0.7"),
+        ("Hi", {"top_k": 40, "min_p": 0.05}, "leave min_p, top_k out"),
         ([], {}, "a string"),
         ([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}], {}, "append"),
         ([{"role": "robot", "content": "a"}], {}, "role"),
@@ -177,3 +177,31 @@ def test_chat_messages_without_a_template_name_the_fix(tiny_model):
     with pytest.raises(FtlibError, match="chat_template"):
         generate(model, tokenizer, [{"role": "user", "content": "Hi"}])
     assert isinstance(generate(model, tokenizer, "Hi", max_new_tokens=3), str)  # plain text still works
+
+
+def test_options_after_the_prompt_are_keyword_only(tiny_model):
+    model, tokenizer = tiny_model
+    with pytest.raises(TypeError):
+        generate(model, tokenizer, "Hi", 8)  # max_new_tokens must be named
+    with pytest.raises(TypeError):
+        chat(model, tokenizer, "Hi", [], "Be brief.")  # system_prompt must be named
+    with pytest.raises(TypeError):
+        generate(model, tokenizer, "Hi", stream=True)  # streaming is stream(), or print_tokens=True
+
+
+def test_chat_refuses_a_system_prompt_the_history_contradicts(tiny_model):
+    model, tokenizer = tiny_model
+    history = [{"role": "system", "content": "Answer briefly."}]
+    chat(model, tokenizer, "Hi", history, system_prompt="Answer briefly.", max_new_tokens=2)  # the same: fine
+    assert len(history) == 3
+    with pytest.raises(FtlibError, match="leave system_prompt out.*new history"):
+        chat(model, tokenizer, "Hi", history, system_prompt="Answer at length.", max_new_tokens=2)
+    assert len(history) == 3  # unchanged by the refused turn
+
+
+def test_run_chat_refuses_arguments_it_would_ignore(tiny_model, tiny_path):
+    model, tokenizer = tiny_model
+    with pytest.raises(FtlibError, match=r"run_chat\(folder\) alone"):
+        run_chat(str(tiny_path), tokenizer)
+    with pytest.raises(FtlibError, match="leave load_in_4bit out"):
+        run_chat(model, tokenizer, load_in_4bit=True)

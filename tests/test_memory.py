@@ -25,11 +25,11 @@ def test_weights_follow_the_parameter_count():
 
 def test_lora_trainable_count_matches_peft():
     """r=16 on all seven projections of Llama-3.1-8B: PEFT reports 41,943,040 trainable parameters."""
-    estimate = estimate_memory("llama-3.1-8b", "qlora", lora_rank=16)
+    estimate = estimate_memory("llama-3.1-8b", "qlora", r=16)
     assert estimate.details["trainable_parameters"] == 41_943_040
     assert estimate.adapters == 41_943_040 * 4  # float32 adapters
     assert estimate.optimizer == 41_943_040 * 2  # 8-bit AdamW: two 1-byte states
-    assert estimate_memory("llama-3.1-8b", "qlora", optimizer="adamw").optimizer == 41_943_040 * 8
+    assert estimate_memory("llama-3.1-8b", "qlora", optim="adamw_torch").optimizer == 41_943_040 * 8
 
 
 def test_grows_with_sequence_length_and_batch():
@@ -37,11 +37,28 @@ def test_grows_with_sequence_length_and_batch():
     assert totals[0] < totals[1] < totals[2]
     short, long = (estimate_memory("llama-3.2-1b", "qlora", max_seq_length=n).activations for n in (4096, 8192))
     assert 1.6 < long / short <= 2.0  # activations grow about linearly with tokens
-    assert estimate_memory("llama-3.2-1b", "qlora", batch_size=4).total > estimate_memory("llama-3.2-1b", "qlora").total
+    larger_batch = estimate_memory("llama-3.2-1b", "qlora", per_device_train_batch_size=4)
+    assert larger_batch.total > estimate_memory("llama-3.2-1b", "qlora").total
+
+
+def test_takes_the_names_and_values_of_add_lora_and_train():
+    """The knobs are add_lora's and train's, with their defaults: None for optim is train's (8-bit AdamW)."""
+    default = estimate_memory("llama-3.1-8b", "qlora")
+    same = estimate_memory("llama-3.1-8b", "qlora", r=16, per_device_train_batch_size=2,
+                           use_gradient_checkpointing="offload", optim="adamw_8bit", dtype="bfloat16")
+    assert same.total == default.total
+    for name in ("adamw_bnb_8bit", "paged_adamw_8bit"):
+        assert estimate_memory("llama-3.1-8b", "qlora", optim=name).optimizer == default.optimizer
+    assert estimate_memory("llama-3.1-8b", "qlora", optim="adamw_torch_fused").optimizer == 4 * default.optimizer
+    assert estimate_memory("llama-3.1-8b", "qlora", r=32).adapters == 2 * default.adapters
+    assert estimate_memory("llama-3.1-8b", "qlora", dtype="float32").activations > default.activations
+    assert default.details["per_device_train_batch_size"] == 2 and default.details["optim"] == "adamw_8bit"
+    with pytest.raises(TypeError):
+        estimate_memory("llama-3.1-8b", "qlora", 2048)  # options after the method are named
 
 
 def test_checkpointing_saves_activation_memory():
-    off, on, offload = (estimate_memory("llama-3.1-8b", "qlora", gradient_checkpointing=mode).activations
+    off, on, offload = (estimate_memory("llama-3.1-8b", "qlora", use_gradient_checkpointing=mode).activations
                         for mode in (False, True, "offload"))
     assert offload < on < off
 
@@ -53,7 +70,7 @@ def test_full_finetuning_has_gradients_for_every_weight():
 
 
 def test_plain_recipe_upcasting_costs_memory():
-    plain = estimate_memory("llama-3.1-8b", "qlora", float32_upcasting=True, gradient_checkpointing=True)
+    plain = estimate_memory("llama-3.1-8b", "qlora", float32_upcasting=True, use_gradient_checkpointing=True)
     ftlib = estimate_memory("llama-3.1-8b", "qlora")
     assert plain.weights - ftlib.weights == pytest.approx(2 * 128256 * 4096 * 2 + 65 * 4096 * 2, rel=0.01)
     assert plain.activations > ftlib.activations
@@ -61,12 +78,12 @@ def test_plain_recipe_upcasting_costs_memory():
 
 def test_measured_peaks_within_twenty_percent():
     """Peaks measured on an H200 (benchmarks/README.md), PyTorch's reserved memory, QLoRA r=16, 2 x 2048."""
-    measured = [("llama-3.1-8b", {}, 6.56), ("llama-3.1-8b", {"gradient_checkpointing": True}, 7.44),
-                ("llama-3.2-1b", {}, 1.56), ("llama-3.2-1b", {"gradient_checkpointing": True}, 1.91),
-                ("llama-3.1-8b", {"float32_upcasting": True, "gradient_checkpointing": True}, 11.57),
-                ("llama-3.2-1b", {"float32_upcasting": True, "gradient_checkpointing": True}, 3.29)]
+    measured = [("llama-3.1-8b", {}, 6.56), ("llama-3.1-8b", {"use_gradient_checkpointing": True}, 7.44),
+                ("llama-3.2-1b", {}, 1.56), ("llama-3.2-1b", {"use_gradient_checkpointing": True}, 1.91),
+                ("llama-3.1-8b", {"float32_upcasting": True, "use_gradient_checkpointing": True}, 11.57),
+                ("llama-3.2-1b", {"float32_upcasting": True, "use_gradient_checkpointing": True}, 3.29)]
     for name, options, reserved_gb in measured:
-        estimate = estimate_memory(name, "qlora", max_seq_length=2048, batch_size=2, **options)
+        estimate = estimate_memory(name, "qlora", max_seq_length=2048, per_device_train_batch_size=2, **options)
         assert abs(estimate.pytorch_reserved_gb - reserved_gb) / reserved_gb < 0.2, (name, options)
 
 
@@ -87,8 +104,8 @@ def test_hub_ids_are_recognised():
 
 
 def test_folder_and_demo_alias(tiny_path):
-    from_folder = estimate_memory(str(tiny_path), "lora", dtype_bytes=4)
-    from_alias = estimate_memory("ftlib-tiny", "lora", dtype_bytes=4)
+    from_folder = estimate_memory(str(tiny_path), "lora", dtype="float32")
+    from_alias = estimate_memory("ftlib-tiny", "lora", dtype="float32")
     assert from_folder.total == from_alias.total
     assert from_alias.weights < 0.05 * GB  # a few million parameters
 
@@ -101,9 +118,12 @@ def test_unknown_model_names_the_fix():
 @pytest.mark.parametrize("arguments, fix", [
     ({"method": "qlora4"}, "try 'qlora'"),
     ({"max_seq_length": 0}, "max_seq_length=2048"),
-    ({"batch_size": 1.5}, "batch_size=2"),
-    ({"gradient_checkpointing": "sometimes"}, "'offload'"),
-    ({"optimizer": "sgd"}, "adamw_8bit"),
+    ({"per_device_train_batch_size": 1.5}, "per_device_train_batch_size=2"),
+    ({"r": 0}, "r=16"),
+    ({"use_gradient_checkpointing": "sometimes"}, "'offload'"),
+    ({"optim": "sgd"}, "adamw_8bit"),
+    ({"optim": "adamw"}, "adamw_torch"),  # train's names: plain "adamw" is not one
+    ({"dtype": "int8"}, "'float16'"),
     ({"target_modules": ["lm_head"]}, "q_proj"),
 ])
 def test_bad_arguments_name_the_fix(arguments, fix):

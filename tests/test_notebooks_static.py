@@ -1,7 +1,8 @@
-"""The notebooks' shape, without running them: skeleton, markers, prose, no saved errors, built from build.py;
-and what their setup cell does where ftlib is installed, where a clone is at hand, and where neither is."""
+"""The notebooks' shape, without running them: skeleton, markers, prose, no saved errors, each executed copy
+(.ipynb) the same as its source (.py), the setup cells the same in every notebook, only the copies collected
+by nbval; and what the setup cell does where ftlib is installed, where a clone is at hand, and where neither is."""
 
-import importlib.util
+import difflib
 import os
 import re
 import shutil
@@ -9,40 +10,39 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jupytext
 import nbformat
 import pytest
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+SOURCES = sorted(NOTEBOOKS.glob("0[1-8]_*.py"))
 PATHS = sorted(NOTEBOOKS.glob("0[1-8]_*.ipynb"))
 MARKERS = ("# NBVAL_CHECK_OUTPUT", "# NBVAL_IGNORE_OUTPUT")
 MAX_CODE_LINES = 16  # "roughly fifteen lines or fewer", counting the nbval marker line
 
 
-def _build_module():
-    spec = importlib.util.spec_from_file_location("notebook_build", NOTEBOOKS / "build.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def _number(path):
+    return path.name[:2]
 
 
 def _markdown(notebook):
     return [cell.source for cell in notebook.cells if cell.cell_type == "markdown"]
 
 
-def test_there_are_eight_notebooks_one_per_guide_section():
-    assert [path.name[:2] for path in PATHS] == ["01", "02", "03", "04", "05", "06", "07", "08"]
+def test_there_are_eight_notebooks_one_per_guide_section_each_a_source_and_its_executed_copy():
+    assert [_number(path) for path in SOURCES] == ["01", "02", "03", "04", "05", "06", "07", "08"]
+    assert [path.stem for path in PATHS] == [path.stem for path in SOURCES], "run: python notebooks/execute.py"
 
 
-@pytest.mark.parametrize("path", PATHS, ids=lambda path: path.name[:2])
-def test_skeleton_title_learn_setup_recap_questions_next(path):
-    notebook = nbformat.read(path, as_version=4)
-    markdown = _markdown(notebook)
-    assert markdown[0].startswith(f"# {path.name[:2]} · ") and "What you will learn" in markdown[0]
+@pytest.mark.parametrize("source", SOURCES, ids=_number)
+def test_skeleton_title_learn_setup_recap_questions_next(source):
+    markdown = _markdown(jupytext.read(source))
+    assert markdown[0].startswith(f"# {_number(source)} · ") and "What you will learn" in markdown[0]
     assert any(text.startswith("## Setup") for text in markdown)
     assert any(text.startswith("## Recap") for text in markdown)
     questions = next(text for text in markdown if text.startswith("## Check yourself"))
     assert len(re.findall(r"^\d+\. ", questions, flags=re.M)) >= 3
-    number = int(path.name[:2])
+    number = int(_number(source))
     target = f"{number + 1:02d}_" if number < 8 else "01_"
     links = re.findall(r"\]\(([^)]+\.ipynb)\)", markdown[-1])
     assert links and links[0].startswith(target) and (NOTEBOOKS / links[0]).is_file()
@@ -50,9 +50,9 @@ def test_skeleton_title_learn_setup_recap_questions_next(path):
     assert len(numbered) >= 2, "sections are numbered"
 
 
-@pytest.mark.parametrize("path", PATHS, ids=lambda path: path.name[:2])
-def test_every_code_cell_has_prose_before_it_a_marker_and_few_lines(path):
-    notebook = nbformat.read(path, as_version=4)
+@pytest.mark.parametrize("source", SOURCES, ids=_number)
+def test_every_code_cell_has_prose_before_it_a_marker_and_few_lines(source):
+    notebook = jupytext.read(source)
     previous = None
     for index, cell in enumerate(notebook.cells):
         if cell.cell_type == "code":
@@ -71,25 +71,43 @@ def test_every_code_cell_has_prose_before_it_a_marker_and_few_lines(path):
     assert sum(cell.source.startswith(MARKERS[0]) for cell in notebook.cells if cell.cell_type == "code") >= 1
 
 
-@pytest.mark.parametrize("path", PATHS, ids=lambda path: path.name[:2])
+def _setup_text(source):
+    """The setup cells as written in a source: the "## Setup" markdown cell and the code cells that follow it."""
+    text = source.read_text()
+    start = text.index("# %% [markdown]\n# ## Setup\n")
+    end = text.index("# %% [markdown]", start + 1)
+    return text[start:end]
+
+
+def test_the_setup_cells_are_identical_in_every_notebook():
+    first = SOURCES[0]
+    for source in SOURCES[1:]:
+        diff = "".join(difflib.unified_diff(_setup_text(first).splitlines(True), _setup_text(source).splitlines(True),
+                                            first.name, source.name))
+        assert not diff, f"the setup cells differ: make the same edit in all eight notebooks\n{diff}"
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=_number)
+def test_executed_copy_has_the_cells_and_metadata_of_its_source(source):
+    expected = jupytext.read(source)
+    saved = nbformat.read(source.with_suffix(".ipynb"), as_version=4)
+    fix = f"edit {source.name}, then run: python notebooks/execute.py {_number(source)}"
+    assert [(cell.cell_type, cell.source) for cell in saved.cells] == [
+        (cell.cell_type, cell.source) for cell in expected.cells], fix
+    for key, value in expected.metadata.items():
+        if key != "jupytext":  # describes the .py file only
+            assert saved.metadata.get(key) == value, f"metadata {key!r}: {fix}"
+
+
+@pytest.mark.parametrize("path", PATHS, ids=_number)
 def test_saved_outputs_exist_and_none_is_an_error(path):
     notebook = nbformat.read(path, as_version=4)
     code_cells = [cell for cell in notebook.cells if cell.cell_type == "code"]
-    assert all(cell.execution_count for cell in code_cells), "run the notebook: python notebooks/build.py --execute"
+    assert all(cell.execution_count for cell in code_cells), f"run: python notebooks/execute.py {_number(path)}"
     for cell in code_cells:
         for output in cell.outputs:
             assert output.output_type != "error", f"saved error in cell: {cell.source[:80]!r}"
             assert "Traceback (most recent call last)" not in str(output.get("text", ""))
-
-
-@pytest.mark.parametrize("path", PATHS, ids=lambda path: path.name[:2])
-def test_notebook_matches_its_source_in_build_py(path):
-    build = _build_module()
-    expected = build.build(path.name[:2])
-    saved = nbformat.read(path, as_version=4)
-    assert [cell.source for cell in saved.cells] == [cell.source for cell in expected.cells], (
-        "edit notebooks/build.py, then run: python notebooks/build.py --execute " + path.name[:2]
-    )
 
 
 def test_training_notebooks_plot_live_loss_and_keep_the_final_figure():
@@ -100,6 +118,15 @@ def test_training_notebooks_plot_live_loss_and_keep_the_final_figure():
         for cell in plotted:
             images = [output for output in cell.outputs if "image/png" in output.get("data", {})]
             assert len(images) == 1, f"{number}: one final figure per training cell, got {len(images)}"
+
+
+def test_nbval_collects_the_executed_copies_and_no_python_file():
+    """`pytest --nbval-lax notebooks` runs the eight .ipynb; the .py sources and execute.py are not test modules."""
+    command = [sys.executable, "-m", "pytest", "--collect-only", "-q", "--nbval-lax", "-p", "no:cacheprovider", "notebooks"]
+    result = subprocess.run(command, cwd=NOTEBOOKS.parent, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    collected = {line.split("::")[0] for line in result.stdout.splitlines() if "::" in line}
+    assert collected == {f"notebooks/{path.name}" for path in PATHS}, result.stdout
 
 
 # --- The setup cell: nothing where ftlib is installed; else a clone of the repository, else FTLIB_SOURCE, else a clear stop ---
@@ -114,8 +141,8 @@ print("pip:", commands)
 
 
 def _setup_cell():
-    sources = {next(cell.source for cell in nbformat.read(path, as_version=4).cells if cell.cell_type == "code")
-               for path in PATHS}
+    sources = {next(cell.source for cell in jupytext.read(source).cells if cell.cell_type == "code")
+               for source in SOURCES}
     assert len(sources) == 1, "every notebook starts with the same setup cell"
     return sources.pop()
 

@@ -4,6 +4,7 @@ import io
 import json
 import os
 import re
+import shutil
 import sys
 
 import pytest
@@ -62,7 +63,7 @@ def tuned():
     return model, tokenizer, expected
 
 
-def test_lora_round_trip(tuned, tmp_path):
+def test_lora_round_trip(tuned, tmp_path, monkeypatch):
     model, tokenizer, expected = tuned
     model.ftlib_training = {  # the shape train() leaves on the model
         "learning_rate": 2e-4, "per_device_train_batch_size": 2, "gradient_accumulation_steps": 4,
@@ -87,21 +88,28 @@ def test_lora_round_trip(tuned, tmp_path):
     assert_same_outputs(expected, outputs(reloaded, reloaded_tokenizer))
     assert outputs(model, tokenizer)[0] == expected[0]  # saving left the live model as it was
 
-    typed, shown = iter([PROMPTS[1], "/exit"]), io.StringIO()  # what `ftlib chat FOLDER` runs
-    history = run_chat(str(folder), max_new_tokens=8, input_function=lambda prompt: next(typed), output=shown)
+    typed = iter([PROMPTS[1], "/exit"])  # what `ftlib chat FOLDER` runs
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(typed))
+    history = run_chat(str(folder), max_new_tokens=8)
     assert history[-1]["content"] == generate(reloaded, reloaded_tokenizer, PROMPTS[1], max_new_tokens=8)
 
 
-def test_merged_round_trip_leaves_the_adapter_model_alone(tuned, tmp_path):
+def test_merged_round_trip_leaves_the_adapter_model_alone(tuned, tmp_path, capsys):
     model, tokenizer, expected = tuned
     result = save(model, tokenizer, tmp_path / "merged", method="merged_16bit", verbose=False)
     folder = tmp_path / "merged"
     assert "model.safetensors" in dict(result.files) and not (folder / "adapter_config.json").exists()
-    reloaded, reloaded_tokenizer = ftlib.load_model(str(folder), load_in_4bit=False)
+    capsys.readouterr()
+    reloaded, reloaded_tokenizer = ftlib.load_model(str(folder))  # the defaults: no load_in_4bit=False needed
+    notes = [line for line in capsys.readouterr().out.splitlines() if "merged weights" in line]
+    assert len(notes) == 1 and "load_in_4bit=True" in notes[0]  # says, in one line, why it is not 4-bit
+    assert reloaded.ftlib_settings["load_in_4bit"] is False
     assert not hasattr(reloaded, "peft_config")  # a plain model: vLLM and transformers load it as is
     assert_same_outputs(expected, outputs(reloaded, reloaded_tokenizer))
     assert hasattr(model, "peft_config")
     assert_same_outputs(expected, outputs(model, tokenizer), atol=0)
+    quantised, _ = ftlib.load_model(str(folder), load_in_4bit=True)  # asked for explicitly: still 4-bit
+    assert type(quantised.model.layers[0].self_attn.q_proj.weight).__name__ == "Params4bit"
 
 
 def test_merged_float16_and_shards(tuned, tmp_path):
@@ -134,7 +142,7 @@ def test_merged_from_a_4bit_base_matches_the_adapter_model(tmp_path):
     save(model, tokenizer, tmp_path / "merged", method="merged_16bit", verbose=False)
     config = json.loads((tmp_path / "merged" / "config.json").read_text())
     assert "quantization_config" not in config  # de-quantised: a plain full-precision model
-    reloaded, reloaded_tokenizer = ftlib.load_model(str(tmp_path / "merged"), load_in_4bit=False)
+    reloaded, reloaded_tokenizer = ftlib.load_model(str(tmp_path / "merged"))
     weight = reloaded.model.layers[0].self_attn.q_proj.weight
     assert weight.dtype == torch.float32 and weight.shape == (192, 192)
     assert_same_outputs(expected, outputs(reloaded, reloaded_tokenizer))
@@ -170,6 +178,10 @@ def go_template_render(template, messages):
     literal = r'\{\{ ("(?:[^"\\]|\\.)*") \}\}'
     head = re.match(literal, template)
     text = json.loads(head.group(1)) if head else ""
+    default = re.match(r'\{\{- if or \(eq \(len \.Messages\) 0\) \(ne \(index \.Messages 0\)\.Role "system"\) \}\}'
+                       + literal + r"\{\{ end \}\}", template)
+    if default and (not messages or messages[0]["role"] != "system"):
+        text += json.loads(default.group(1))  # the default system turn, when the conversation has none
     branches = {}
     for role, body in re.findall(r'if eq \.Role "(\w+)" \}\}(.*)', template):
         pieces = re.findall(literal + r"|(\{\{ \.Content \}\})|\{\{ if (not )?\$last \}\}", body)
@@ -317,30 +329,36 @@ class FakeHub:
 SECRET = "hf_SecretTokenForTests1234567890"
 
 
+def use_hub(monkeypatch, hub):
+    """Make huggingface_hub.HfApi() return `hub`, as push_to_hub creates it; returns `hub`."""
+    monkeypatch.setattr("huggingface_hub.HfApi", lambda: hub)
+    return hub
+
+
 def test_hub_push_uses_the_token_and_never_shows_or_stores_it(tuned, tmp_path, capsys, monkeypatch):
     model, tokenizer, _ = tuned
-    hub = FakeHub()
-    result = save(model, tokenizer, tmp_path / "adapter", push_to_hub=True, repo_id="me/tiny-adapter",
-                  token=SECRET, hub_api=hub)
+    hub = use_hub(monkeypatch, FakeHub())
+    result = save(model, tokenizer, tmp_path / "adapter", repo_id="me/tiny-adapter", token=SECRET)
     assert hub.calls[0] == ("create_repo", "me/tiny-adapter", SECRET, True)
     assert hub.calls[1][:3] == ("upload_folder", "me/tiny-adapter", SECRET)
     assert "adapter_model.safetensors" in hub.calls[1][3]
     assert result.repo_url == "https://huggingface.co/me/tiny-adapter"
 
     monkeypatch.setenv("HF_TOKEN", SECRET)  # from the environment
-    hub = FakeHub()
-    push_to_hub(tmp_path / "adapter", "me/tiny-adapter", api=hub)
+    hub = use_hub(monkeypatch, FakeHub())
+    push_to_hub(tmp_path / "adapter", "me/tiny-adapter")
     assert hub.calls[0][2] == SECRET
     monkeypatch.delenv("HF_TOKEN")
     monkeypatch.setattr("huggingface_hub.get_token", lambda: None)
     asked = []
-    hub = FakeHub()
-    push_to_hub(tmp_path / "adapter", "me/tiny-adapter", api=hub, prompt=lambda text: asked.append(text) or SECRET)
+    monkeypatch.setattr("getpass.getpass", lambda text: asked.append(text) or SECRET)
+    hub = use_hub(monkeypatch, FakeHub())
+    push_to_hub(tmp_path / "adapter", "me/tiny-adapter")
     assert asked and "hidden" in asked[0] and hub.calls[0][2] == SECRET  # from the hidden prompt
 
+    use_hub(monkeypatch, FakeHub(fail_with=f"401 Unauthorized: Bearer {SECRET}"))
     with pytest.raises(FtlibError) as failure:
-        push_to_hub(tmp_path / "adapter", "me/tiny-adapter", token=SECRET,
-                    api=FakeHub(fail_with=f"401 Unauthorized: Bearer {SECRET}"))
+        push_to_hub(tmp_path / "adapter", "me/tiny-adapter", token=SECRET)
     assert SECRET not in str(failure.value) and "write" in str(failure.value)
     assert failure.value.__cause__ is None and failure.value.__suppress_context__
 
@@ -350,16 +368,19 @@ def test_hub_push_uses_the_token_and_never_shows_or_stores_it(tuned, tmp_path, c
         if path.is_file():
             assert SECRET.encode() not in path.read_bytes(), path
     with pytest.raises(FtlibError, match="your-name/model-name"):
-        save(model, tokenizer, tmp_path / "other", push_to_hub=True, repo_id="no-slash", token=SECRET)
+        save(model, tokenizer, tmp_path / "other", repo_id="no-slash", token=SECRET)
+    assert not (tmp_path / "other").exists()  # a bad repo_id fails before anything is written
 
 
 def test_gguf_without_a_converter_gives_the_steps(tuned, tmp_path, monkeypatch):
     model, tokenizer, _ = tuned
     monkeypatch.delenv("LLAMA_CPP_DIR", raising=False)
+    monkeypatch.setenv("FTLIB_CACHE", str(tmp_path / "cache"))  # where install_converter would have put it
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     with pytest.raises(FtlibError) as failure:
         save(model, tokenizer, tmp_path / "gguf", method="gguf", verbose=False)
     message = str(failure.value)
+    assert "ftlib install-gguf-converter" in message.splitlines()[1]  # the one command comes first
     assert "git clone https://github.com/ggml-org/llama.cpp" in message
     assert "convert_hf_to_gguf.py" in message and "llama_cpp_dir" in message
     assert not (tmp_path / "gguf").exists()
@@ -418,3 +439,156 @@ def test_gguf_modelfile_falls_back_to_the_template_stored_in_the_gguf(tiny_token
     assert (tmp_path / "Modelfile").read_text() == "FROM ./model-q8_0.gguf\n"
     assert json.loads((tmp_path / "model-q8_0.gguf").read_text())["outtype"] == "q8_0"
     assert "stored in the GGUF file" in notes[0]
+
+
+def test_options_for_other_methods_or_no_push_name_the_fix(tuned, tmp_path):
+    model, tokenizer, _ = tuned
+    cases = [
+        ({"system_prompt": "Be brief."}, "method='ollama' or method='gguf'"),
+        ({"dtype": "float16"}, "method='merged_16bit'"),
+        ({"max_shard_size": "2MB"}, "method='merged_16bit'"),
+        ({"quantization": "q4_k_m"}, "method='gguf'"),
+        ({"method": "merged_16bit", "llama_cpp_dir": "llama.cpp"}, "method='gguf'"),
+        ({"token": SECRET}, "repo_id='your-name/model-name'"),
+    ]
+    for options, fix in cases:
+        with pytest.raises(FtlibError, match=re.escape(fix)):
+            save(model, tokenizer, tmp_path / "refused", verbose=False, **options)
+    assert not (tmp_path / "refused").exists()
+    with pytest.raises(TypeError):
+        save(model, tokenizer, tmp_path / "refused", push_to_hub=True)  # repo_id alone asks for the push
+    with pytest.raises(TypeError):
+        save(model, tokenizer, tmp_path / "refused", "merged_16bit")  # options are named
+
+
+def fake_source_package(folder):
+    """A tar.gz shaped like llama-cpp-python's source package, with files the converter does not need."""
+    import tarfile
+
+    root = folder / "llama_cpp_python-0.0.1"
+    files = {
+        "vendor/llama.cpp/convert_hf_to_gguf.py": FAKE_CONVERTER,
+        "vendor/llama.cpp/conversion/__init__.py": "",
+        "vendor/llama.cpp/gguf-py/gguf/__init__.py": "",
+        "vendor/llama.cpp/LICENSE": "MIT",
+        "vendor/llama.cpp/src/llama.cpp": "// C++, not kept",
+        "llama_cpp/__init__.py": "",
+    }
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    archive = folder / "llama_cpp_python-0.0.1.tar.gz"
+    with tarfile.open(archive, "w:gz") as packed:
+        packed.add(root, arcname=root.name)
+        escape = tarfile.TarInfo(f"{root.name}/vendor/llama.cpp/conversion/../../../../escaped.py")
+        packed.addfile(escape, io.BytesIO(b""))  # a path that climbs out: never written
+    return archive
+
+
+def test_install_converter_keeps_only_the_converter_and_save_finds_it(tmp_path, monkeypatch):
+    from ftlib.cli import main
+    from ftlib.export import gguf
+
+    archive = fake_source_package(tmp_path / "package")
+    calls = []
+
+    def fake_pip(*arguments):  # what `pip download --no-deps --no-binary :all: ... -d FOLDER` leaves
+        calls.append(arguments)
+        if arguments[0] == "download":
+            shutil.copy(archive, arguments[arguments.index("-d") + 1])
+
+    monkeypatch.setattr(gguf, "_pip", fake_pip)
+    monkeypatch.setenv("FTLIB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("LLAMA_CPP_DIR", raising=False)
+    assert main(["install-gguf-converter"]) == 0
+    folder = gguf.converter_folder()
+    assert sorted(path.name for path in folder.iterdir()) == ["LICENSE", "conversion", "convert_hf_to_gguf.py",
+                                                             "gguf-py"]
+    assert not list(tmp_path.rglob("escaped.py")) and not list(tmp_path.glob("cache/.*partial*"))
+    assert calls[0][:4] == ("download", "--no-deps", "--no-binary", ":all:")
+    assert calls[0][4] == f"llama-cpp-python=={gguf.CONVERTER_VERSION}"
+    assert gguf.find_llama_cpp()[0] == folder / "convert_hf_to_gguf.py"  # no llama_cpp_dir needed
+    assert gguf.install_converter(verbose=False) == folder  # a second call keeps what is there
+
+
+def test_gguf_names_the_converters_missing_python_packages(tmp_path, monkeypatch):
+    from ftlib.export import gguf
+
+    (tmp_path / "convert_hf_to_gguf.py").write_text(FAKE_CONVERTER)
+    real_find_spec = gguf.importlib.util.find_spec
+    monkeypatch.setattr(gguf.importlib.util, "find_spec",
+                        lambda name: None if name == "sentencepiece" else real_find_spec(name))
+    with pytest.raises(FtlibError, match="pip install sentencepiece"):
+        gguf.gguf_plan("q8_0", tmp_path)
+
+
+def test_adapter_size_is_shown_beside_an_8b_models(tuned, tmp_path):
+    model, tokenizer, _ = tuned
+    result = save(model, tokenizer, tmp_path / "adapter", verbose=False)
+    line = next(note for note in result.notes if note.startswith("Adapter:"))
+    weights = dict(result.files)["adapter_model.safetensors"]
+    lora = sum(p.numel() for name, p in model.named_parameters() if ".lora_" in name)
+    assert f"({lora:,} LoRA weights, r=8 on 7 projections)" in line
+    from ftlib.export.saving import human_size
+
+    assert line.startswith(f"Adapter: {human_size(weights)} ")
+    # Llama-3.1-8B: 32 layers x r x (q 4096+4096, k and v 4096+1024, o 4096+4096, gate and up 4096+14336,
+    # down 14336+4096) = 32 x 8 x 81,920 weights, 4 bytes each in float32
+    assert "Llama-3.1-8B: 83.9 MB as stored here (float32), 41.9 MB in 16-bit" in line
+    assert "about 100 MB for an 8B model" in line and "\n" not in line
+
+
+def test_a_tokenizer_llama_cpp_does_not_know_gets_advice_not_just_a_traceback(tuned, tmp_path):
+    model, tokenizer, _ = tuned
+    (tmp_path / "llama.cpp").mkdir()
+    said = "NotImplementedError: BPE pre-tokenizer was not recognized - update get_vocab_base_pre()"
+    (tmp_path / "llama.cpp" / "convert_hf_to_gguf.py").write_text(  # what the converter says for ftlib-tiny
+        f"import sys\nsys.exit({said!r})")
+    with pytest.raises(FtlibError, match="method='merged_16bit'") as failure:
+        save(model, tokenizer, tmp_path / "gguf", method="gguf", llama_cpp_dir=tmp_path / "llama.cpp", verbose=False)
+    assert "pre-tokenizer was not recognized" in str(failure.value) and not (tmp_path / "gguf").exists()
+
+
+def test_a_gguf_gpt2_style_tokenizer_is_given_to_llama_cpp_as_byte_level_bpe():
+    from ftlib.export.gguf import byte_level_tokenizer_for_llama_cpp
+
+    # What transformers writes for a tokenizer it read from a GGUF file (SmolLM2's): byte-level BPE that
+    # also says byte_fallback, with a SentencePiece-style decoder chain.
+    read_from_gguf = {
+        "model": {"type": "BPE", "byte_fallback": True, "vocab": {"a": 0, "Ġb": 1}, "merges": []},
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": True},
+        "decoder": {"type": "Sequence", "decoders": [{"type": "ByteFallback"}, {"type": "Fuse"},
+                                                     {"type": "ByteLevel"}]},
+    }
+    fixed = byte_level_tokenizer_for_llama_cpp(read_from_gguf)
+    assert fixed["model"]["byte_fallback"] is False and fixed["decoder"]["type"] == "ByteLevel"
+    assert fixed["model"]["vocab"] == read_from_gguf["model"]["vocab"] and read_from_gguf["model"]["byte_fallback"]
+    sentencepiece_style = dict(read_from_gguf, model=dict(read_from_gguf["model"], vocab={"<0x41>": 0, "▁b": 1}))
+    assert byte_level_tokenizer_for_llama_cpp(sentencepiece_style) is None  # real byte tokens: left alone
+    assert byte_level_tokenizer_for_llama_cpp(dict(read_from_gguf, pre_tokenizer={"type": "Metaspace"})) is None
+
+
+def test_a_template_with_a_default_system_turn_keeps_it_and_a_given_one(tiny_tokenizer):
+    from ftlib.export.ollama import ollama_modelfile
+
+    tokenizer = tiny_tokenizer
+    original = tokenizer.chat_template
+    # SmolLM2's and Qwen's shape: a default system turn when the conversation starts without one.
+    tokenizer.chat_template = (
+        "{% for m in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+        "{{ '<|im_start|>system\nYou are helpful.<|im_end|>\n' }}{% endif %}"
+        "{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    )
+    try:
+        parts = chat_template_parts(tokenizer)
+        template = re.search(r'TEMPLATE """(.*?)"""', ollama_modelfile(tokenizer), re.DOTALL).group(1)
+        for messages in ([{"role": "user", "content": "a"}],
+                         [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "a"},
+                          {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]):
+            expected = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            assert render_with_parts(parts, messages) == expected
+            assert go_template_render(template, messages) == expected
+    finally:
+        tokenizer.chat_template = original
+    assert parts["default_system"] == "You are helpful." and parts["system"] == ("<|im_start|>system\n", "<|im_end|>\n")

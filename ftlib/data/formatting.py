@@ -306,7 +306,7 @@ def marked_example(dataset, tokenizer, index=0):
     return "".join(parts)
 
 
-def show_example(dataset, tokenizer, index=0):
+def show_example(dataset, tokenizer, *, index=0):
     """Print one example with the part the model only reads (no loss) inside ⟦ ⟧.
 
     Everything outside the brackets is what the model learns to write; it should be the answer
@@ -330,6 +330,17 @@ def _has_columns(dataset, needed):
         and set(needed) <= set(dataset.column_names)
 
 
+def is_formatted(data, needed=("input_ids", "labels")):
+    """True when every split of `data` already has the `needed` columns (format_dataset output).
+
+    Example:
+        >>> is_formatted(format_dataset(rows, tokenizer, verbose=False))
+        True
+    """
+    splits = list(data.values()) if _is_splits(data) else [data]
+    return all(_has_columns(split, needed) for split in splits)
+
+
 def ensure_formatted(data, tokenizer, *, max_seq_length=None, needed=("input_ids", "labels"), verbose=False):
     """`data` as format_dataset output: returned unchanged when every split has the `needed` columns, else formatted.
 
@@ -340,14 +351,13 @@ def ensure_formatted(data, tokenizer, *, max_seq_length=None, needed=("input_ids
         >>> ensure_formatted([{"question": "Shares rose. Impact?", "answer": "positive"}], tokenizer).column_names
         ['text', 'prompt', 'completion', 'input_ids', 'attention_mask', 'labels']
     """
-    splits = list(data.values()) if _is_splits(data) else [data]
-    if all(_has_columns(split, needed) for split in splits):
+    if is_formatted(data, needed):
         return data
     settings = {"max_seq_length": max_seq_length} if max_seq_length else {}
     return format_dataset(data, tokenizer, verbose=verbose, **settings)
 
 
-def length_report(dataset, tokenizer=None, max_seq_length=None):
+def length_report(dataset, tokenizer=None, *, max_seq_length=None):
     """Token-length statistics; `dataset` is format_dataset output (or raw data, then `tokenizer` is needed).
 
     Lengths count the whole `text` of each example (before any truncation) when a tokenizer is given.

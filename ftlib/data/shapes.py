@@ -102,6 +102,13 @@ def choose_shape(rows, shape=None, question_column=None, answer_column=None, tex
         if not isinstance(shape, str) or SHAPE_ALIASES.get(shape, shape) not in SHAPES:
             raise FtlibError(f"unknown shape {shape!r}: use one of {', '.join(SHAPES)} (or shape=None to detect it)")
         shape = SHAPE_ALIASES.get(shape, shape)
+    if text_column and (question_column or answer_column):
+        raise FtlibError(
+            "text_column names raw text for completion training, and question_column/answer_column name "
+            "question/answer pairs: pass one kind, e.g. format_dataset(data, tokenizer, text_column='body')"
+        )
+    if text_column and shape not in (None, "text"):
+        raise FtlibError(f"text_column belongs to shape='text', not shape={shape!r}: drop one of them")
     if question_column or answer_column:
         if shape not in (None, "qa"):
             raise FtlibError(

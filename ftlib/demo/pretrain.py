@@ -196,8 +196,8 @@ def main():
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None, help="cuda or cpu; default: cuda when there is a GPU")
-    # One CPU thread: on a busy machine a second one spin-waits for a core (measured on 2 shared cores:
-    # 1.1 s a step with 1 thread, 2 s with 2); raise it on a quiet machine with more cores.
+    # One CPU thread: on a busy machine a second one spin-waits for a core and slows each step; raise it on
+    # a quiet machine with more cores.
     parser.add_argument("--threads", type=int, default=1, help="CPU threads when training on the CPU")
     arguments = parser.parse_args()
     torch.set_num_threads(arguments.threads)

@@ -129,7 +129,7 @@ def main():
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--accumulation", type=int, default=1)
     # One thread: a tiny model's matrices are too small to split, and on a busy machine a second
-    # thread spin-waits for a core (measured 0.2 s a step with 1 thread, 2.3 s with 2, on a loaded 2-core box).
+    # thread spin-waits for a core, which makes each step several times slower.
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=3407)

@@ -102,3 +102,25 @@ def fill(template, company, rng, companies):
         person=rng.choice(PEOPLE),
         number=rng.randint(2, 40),
     )
+
+
+# What an analyst expects next, for the reasoned answers of the headline task (ftlib.demo.headlines): the same
+# consequences as the stories above, said as a forecast, in several wordings, so a right answer can be worded
+# many ways and a model's loss on them cannot reach 0.
+GOOD_OUTLOOKS = [
+    "its shares will likely rise", "investors will probably cheer", "the stock should climb",
+    "analysts may raise their price targets", "the share price is likely to jump", "shareholders should be pleased",
+    "its market value may grow", "traders will likely buy the stock",
+]
+BAD_OUTLOOKS = [
+    "its shares will likely fall", "investors will probably worry", "the stock should slide",
+    "analysts may cut their price targets", "the share price is likely to drop", "shareholders should be unhappy",
+    "its market value may shrink", "traders will likely sell the stock",
+]
+REASON_WORDINGS = [
+    "News like this usually means {outlook}.",
+    "After news like this, {outlook}.",
+    "For {company}, {outlook}.",
+    "This matters for {company}: {outlook}.",
+    "Events like this one mean {outlook}.",
+]

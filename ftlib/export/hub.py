@@ -11,7 +11,7 @@ from pathlib import Path
 from ftlib.errors import FtlibError
 
 
-def resolve_token(token=None, prompt=None):
+def resolve_token(token=None):
     """The Hub token: the argument, else HF_TOKEN, else a saved login, else a hidden prompt.
 
     Example:
@@ -29,16 +29,24 @@ def resolve_token(token=None, prompt=None):
         saved = None
     if saved:
         return saved
-    prompt = prompt or getpass.getpass  # looked up now, so tests and notebooks can replace it
-    typed = prompt("Hugging Face token with write access (hidden): ").strip()
+    typed = getpass.getpass("Hugging Face token with write access (hidden): ").strip()
     if not typed:
         raise FtlibError("no Hugging Face token: pass token=..., set HF_TOKEN, or run `hf auth login` "
                          "(create one at https://huggingface.co/settings/tokens, 'write' access)")
     return typed
 
 
-def push_to_hub(folder, repo_id, token=None, private=True, commit_message="Upload with ftlib", api=None,
-                prompt=None):
+def check_repo_id(repo_id):
+    """Raise FtlibError unless `repo_id` looks like 'owner/name'.
+
+    Example:
+        >>> check_repo_id("your-name/my-adapter")
+    """
+    if not isinstance(repo_id, str) or not re.fullmatch(r"[\w.-]+/[\w.-]+", repo_id):
+        raise FtlibError(f"repo_id must look like 'your-name/model-name', got {repo_id!r}")
+
+
+def push_to_hub(folder, repo_id, *, token=None, private=True, commit_message="Upload with ftlib"):
     """Upload a folder that `save` wrote to a Hub repository (created when missing); returns its URL.
 
     The token is used for the upload only: never printed, logged or written into any file.
@@ -47,16 +55,14 @@ def push_to_hub(folder, repo_id, token=None, private=True, commit_message="Uploa
         >>> push_to_hub("my-adapter", "your-name/my-adapter")  # doctest: +SKIP
         'https://huggingface.co/your-name/my-adapter'
     """
-    if not isinstance(repo_id, str) or not re.fullmatch(r"[\w.-]+/[\w.-]+", repo_id):
-        raise FtlibError(f"repo_id must look like 'your-name/model-name', got {repo_id!r}")
+    check_repo_id(repo_id)
     folder = Path(folder)
     if not folder.is_dir():
         raise FtlibError(f"nothing to push: {folder} is not a folder; save the model there first")
-    secret = resolve_token(token, prompt)
-    if api is None:
-        from huggingface_hub import HfApi
+    secret = resolve_token(token)
+    from huggingface_hub import HfApi
 
-        api = HfApi()
+    api = HfApi()
     try:
         api.create_repo(repo_id=repo_id, token=secret, private=private, exist_ok=True)
         api.upload_folder(folder_path=str(folder), repo_id=repo_id, token=secret, commit_message=commit_message)

@@ -4,10 +4,29 @@ import copy
 import json
 import os
 import re
+from pathlib import Path
 
 import torch
 
 from ftlib.errors import FtlibError
+
+# Written beside merged weights, so load_model knows they are already the fine-tune's exact weights and
+# loads them unquantised by default (re-quantising them to 4 bits would change the answers).
+SAVE_RECORD = "ftlib_save.json"
+
+
+def merged_save_dtype(folder):
+    """The stored precision ('float32', 'bfloat16', ...) when ftlib.save wrote merged weights in `folder`, else None.
+
+    Example:
+        >>> merged_save_dtype("my-model")  # doctest: +SKIP
+        'float16'
+    """
+    try:
+        record = json.loads((Path(folder) / SAVE_RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+    return record.get("dtype") if isinstance(record, dict) and record.get("weights") == "merged" else None
 
 
 def is_peft(model):
@@ -214,4 +233,6 @@ def write_merged(model, tokenizer, folder, dtype, max_shard_size):
                 pad_token_id=generation_config.pad_token_id,
             ).save_pretrained(str(folder))
     tokenizer.save_pretrained(str(folder))
+    record = {"weights": "merged", "dtype": str(dtype).replace("torch.", "")}
+    (folder / SAVE_RECORD).write_text(json.dumps(record, indent=2) + "\n")
     return dtype

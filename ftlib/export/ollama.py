@@ -4,6 +4,7 @@
 """
 
 import json
+from pathlib import Path
 
 from ftlib.errors import FtlibError
 from ftlib.export.gguf import write_gguf
@@ -53,14 +54,20 @@ def chat_template_parts(tokenizer):
         raise failure
     head = one[: len(one) - len(user_turn[0] + user + user_turn[1])]
     parts = {"head": head, "user": user_turn, "assistant": assistant, "generation_prompt": generation_prompt,
-             "system": None}
+             "system": None, "default_system": None}
     try:
         with_system = render([("system", system), ("user", user)])
         user_text = user_turn[0] + user + user_turn[1]
-        if with_system.startswith(head) and with_system.endswith(user_text):
-            system_turn = tuple(with_system[len(head): len(with_system) - len(user_text)].split(system))
-            if len(system_turn) == 2:
+        if with_system.endswith(user_text):
+            system_turn = tuple(with_system[: len(with_system) - len(user_text)].split(system))
+            if len(system_turn) == 2 and system_turn[0].startswith(head):
+                parts["system"] = (system_turn[0][len(head):], system_turn[1])
+            elif (len(system_turn) == 2 and len(head) >= len(system_turn[0]) + len(system_turn[1])
+                  and head.startswith(system_turn[0]) and head.endswith(system_turn[1])):
+                # The template writes a default system turn when the conversation has none (SmolLM2, Qwen).
                 parts["system"] = system_turn
+                parts["default_system"] = head[len(system_turn[0]): len(head) - len(system_turn[1])]
+                parts["head"] = ""
     except Exception:  # templates that reject system messages (some do) simply get no system branch
         pass
     checks = [[("user", "Hi")], [("user", "a"), ("assistant", "b"), ("user", "c")]]
@@ -81,6 +88,8 @@ def render_with_parts(parts, messages, add_generation_prompt=True):
         >>> render_with_parts(parts, [{"role": "user", "content": "Hi"}])  # doctest: +SKIP
     """
     text = parts["head"]
+    if parts.get("default_system") is not None and (not messages or messages[0]["role"] != "system"):
+        text += parts["system"][0] + parts["default_system"] + parts["system"][1]
     for message in messages:
         prefix, suffix = parts[message["role"]]
         text += prefix + message["content"] + suffix
@@ -115,9 +124,18 @@ def ollama_modelfile(tokenizer, source=".", system_prompt=None):
     adds_bos = bos is not None and tokenizer("a")["input_ids"][:1] == [tokenizer.bos_token_id]
     if adds_bos and head.startswith(bos):
         head = head[len(bos):]  # the runtime adds BOS itself, as the tokenizer does; don't write it twice
+    system_prefix = parts["system"][0] if parts["system"] else None
+    if parts["default_system"] is not None:
+        if adds_bos and system_prefix.startswith(bos):
+            system_prefix = system_prefix[len(bos):]
+        # The same default system turn the chat template writes when the conversation starts without one.
+        head = ('{{- if or (eq (len .Messages) 0) (ne (index .Messages 0).Role "system") }}'
+                + _go_string(system_prefix + parts["default_system"] + parts["system"][1]) + "{{ end }}")
+    elif head:
+        head = _go_string(head)
     branches = []
     if parts["system"]:
-        branches.append('if eq .Role "system" }}' + _go_string(parts["system"][0]) + "{{ .Content }}"
+        branches.append('if eq .Role "system" }}' + _go_string(system_prefix) + "{{ .Content }}"
                         + _go_string(parts["system"][1]))
     branches.append('if eq .Role "user" }}' + _go_string(parts["user"][0]) + "{{ .Content }}"
                     + _go_string(parts["user"][1]) + "{{ if $last }}" + _go_string(parts["generation_prompt"])
@@ -126,7 +144,7 @@ def ollama_modelfile(tokenizer, source=".", system_prompt=None):
                     + "{{ if not $last }}" + _go_string(parts["assistant"][1]) + "{{ end }}")
     body = "\n{{- else ".join(["{{- " + branches[0]] + branches[1:])
     template = (
-        (_go_string(head) if head else "")
+        head
         + "\n{{- range $i, $_ := .Messages }}\n{{- $last := eq (len (slice $.Messages $i)) 1 }}\n"
         + body + "\n{{- end }}\n{{- end }}"
     )
@@ -150,7 +168,7 @@ def write_ollama_files(folder, tokenizer, target, system_prompt=None, gguf=None)
     Example:
         >>> notes = write_ollama_files(folder, tokenizer, folder)  # doctest: +SKIP
     """
-    gguf_files = write_gguf(folder, *gguf) if gguf is not None else []
+    gguf_files = write_gguf(folder, *gguf, model_name=Path(target).name) if gguf is not None else []
     source = f"./{gguf_files[0]}" if gguf_files else "."
     notes = []
     try:

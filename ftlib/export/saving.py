@@ -3,7 +3,8 @@
     >>> save(model, tokenizer, "my-adapter")                           # LoRA adapter: small, needs the base
     >>> save(model, tokenizer, "my-model", method="merged_16bit")      # one standalone model (vLLM, transformers)
     >>> save(model, tokenizer, "my-ollama", method="ollama")           # merged + Modelfile for `ollama create`
-    >>> save(model, tokenizer, "my-gguf", method="gguf", quantization="q4_k_m")  # needs llama.cpp
+    >>> save(model, tokenizer, "my-gguf", method="gguf")  # q8_0; the converter: `ftlib install-gguf-converter`
+    >>> save(model, tokenizer, "my-adapter", repo_id="your-name/my-adapter")  # also uploads it to the Hub
 
 Every save writes into a temporary folder beside the target and renames it into place at the end,
 so a crash half-way leaves any earlier save untouched. `load_model(folder)` reads any of them back.
@@ -188,6 +189,50 @@ def _write_lora(model, tokenizer, folder):
     return base
 
 
+def _projection_shapes(shape):
+    """(input size, output size) of the seven projections of a Llama-style layer, from a model shape."""
+    hidden, intermediate, heads = shape["hidden_size"], shape["intermediate_size"], shape["num_attention_heads"]
+    head_dim = shape.get("head_dim") or hidden // heads
+    query, key_value = heads * head_dim, (shape.get("num_key_value_heads") or heads) * head_dim
+    return {"q_proj": (hidden, query), "k_proj": (hidden, key_value), "v_proj": (hidden, key_value),
+            "o_proj": (query, hidden), "gate_proj": (hidden, intermediate), "up_proj": (hidden, intermediate),
+            "down_proj": (intermediate, hidden)}
+
+
+def adapter_size_note(model, folder):
+    """One line: the adapter's size, and what the same adapter (rank, projections) weighs on Llama-3.1-8B.
+
+    Each adapted projection of shape (input, output) adds r x (input + output) weights, so the size grows
+    with the model's width and depth; the guide's "about 100 MB" is an 8B model's.
+
+    Example:
+        >>> adapter_size_note(model, "my-adapter")  # doctest: +SKIP
+        "Adapter: 4.9 MB (1,228,800 LoRA weights, r=16 on 7 projections); on Llama-3.1-8B ... about 168 MB ..."
+    """
+    from ftlib.speed.memory import model_shape
+
+    size = sum(path.stat().st_size for path in Path(folder).rglob("adapter_model.*"))
+    lora = [parameter for name, parameter in model.named_parameters() if ".lora_" in name]
+    config = model.peft_config.get(_active_adapter(model))
+    modules = getattr(config, "target_modules", None)
+    modules = sorted(modules) if isinstance(modules, (set, list, tuple)) else []
+    count = sum(parameter.numel() for parameter in lora)
+    line = f"Adapter: {human_size(size)} ({count:,} LoRA weights, r={config.r} on {len(modules)} projections)"
+    eight_b = model_shape("llama-3.1-8b")
+    shapes = _projection_shapes(eight_b)
+    comparable = (lora and modules and set(modules) <= set(shapes) and not getattr(config, "rank_pattern", None)
+                  and not getattr(config, "modules_to_save", None)
+                  and getattr(config, "layers_to_transform", None) is None)
+    if comparable:
+        weights = eight_b["num_hidden_layers"] * sum(config.r * sum(shapes[name]) for name in modules)
+        element = lora[0].element_size()
+        stored = f"{human_size(weights * element)} as stored here ({str(lora[0].dtype).replace('torch.', '')})"
+        if element != 2:
+            stored += f", {human_size(weights * 2)} in 16-bit"
+        line += f"; the same adapter on Llama-3.1-8B: {stored} (the guide: about 100 MB for an 8B model)"
+    return line
+
+
 # ----------------------------------------------------------------------------- model card
 
 
@@ -259,34 +304,42 @@ def save(
     model,
     tokenizer,
     path,
-    method="lora",  # lora: small adapter | merged_16bit: standalone model | ollama | gguf (needs llama.cpp)
+    *,
+    method="lora",  # lora: small adapter | merged_16bit: standalone model | ollama | gguf (llama.cpp's converter)
     overwrite=False,  # True replaces an earlier save in `path`; other files are never deleted
     dtype=None,  # merged methods: None = the precision the model computes in; 'float16' halves float32
-    max_shard_size="5GB",  # merged methods: largest safetensors file; 5GB suits the Hub and vLLM
-    quantization="q8_0",  # gguf: 'q8_0' (near-lossless) and/or 'q4_k_m' (smaller); a list gives several
-    llama_cpp_dir=None,  # gguf: your llama.cpp checkout; None looks at LLAMA_CPP_DIR and PATH
+    max_shard_size=None,  # merged methods: largest safetensors file; None = "5GB", which suits the Hub and vLLM
+    quantization=None,  # gguf: None = 'q8_0' (near-lossless); 'f16'; 'q4_k_m' (smaller, needs llama-quantize); a list
+    llama_cpp_dir=None,  # gguf: your llama.cpp checkout; None looks at LLAMA_CPP_DIR, install_converter's folder, PATH
     system_prompt=None,  # ollama / gguf: an optional SYSTEM line for the Modelfile
-    push_to_hub=False,  # also upload the saved folder to the Hugging Face Hub
-    repo_id=None,  # with push_to_hub: 'your-name/model-name'
-    token=None,  # with push_to_hub: None uses HF_TOKEN, a saved login, or asks (hidden)
-    private=True,  # with push_to_hub: a new repository starts private
+    repo_id=None,  # 'your-name/model-name' also uploads the saved folder to the Hugging Face Hub
+    token=None,  # with repo_id: None uses HF_TOKEN, a saved login, or asks (hidden)
+    private=True,  # with repo_id: a new repository starts private
     verbose=True,  # print what was written and its size
-    hub_api=None,  # with push_to_hub: a huggingface_hub.HfApi-like object (tests pass a fake)
 ):
     """Save a fine-tuned model so `load_model(path)` (or vLLM, Ollama, llama.cpp) can run it.
 
     Returns a SaveResult listing each file and its size. Writes to a temporary folder beside `path`
-    and renames it into place at the end: a failure leaves any earlier save intact.
+    and renames it into place at the end: a failure leaves any earlier save intact. With
+    `repo_id`, the finished folder is then pushed to the Hub (see `push_to_hub`).
 
     Example:
         >>> save(model, tokenizer, "my-adapter")  # doctest: +SKIP
+        >>> save(model, tokenizer, "my-adapter", repo_id="your-name/my-adapter")  # doctest: +SKIP
     """
     if method not in METHODS:
         raise FtlibError(f"unknown save method {method!r}: use one of {', '.join(METHODS)} "
                          "('lora' is smallest; 'merged_16bit' for vLLM; 'ollama' for Ollama)")
-    if push_to_hub and not repo_id:
-        raise FtlibError("push_to_hub=True needs repo_id='your-name/model-name'")
+    _check_options_suit_method(method, dtype=dtype, max_shard_size=max_shard_size, quantization=quantization,
+                               llama_cpp_dir=llama_cpp_dir, system_prompt=system_prompt)
+    if repo_id is not None:
+        hub.check_repo_id(repo_id)
+    elif token is not None:
+        raise FtlibError("token= is for uploading, but no repo_id was given: add repo_id='your-name/model-name' "
+                         "to push the save to the Hub, or leave token out")
     target = _check_target(path, overwrite)
+    if quantization is None:
+        quantization = "q8_0"
     gguf = gguf_plan(quantization, llama_cpp_dir) if method == "gguf" else None  # tools first
     if method == "ollama":
         chat_template_parts(tokenizer)  # fail early when the template cannot be translated
@@ -299,9 +352,10 @@ def save(
         if method == "lora":
             base = _write_lora(model, tokenizer, temporary)
             dtype_written = None
+            notes.append(adapter_size_note(model, temporary))
             notes.append(f"Load it with: load_model({str(target)!r})  (base: {base})")
         else:
-            dtype_written = write_merged(model, tokenizer, temporary, dtype, max_shard_size)
+            dtype_written = write_merged(model, tokenizer, temporary, dtype, max_shard_size or "5GB")
             try:
                 base = base_model_name(model)
             except FtlibError:  # a model built in memory has no name to record
@@ -320,8 +374,28 @@ def save(
     result = SaveResult(path=target, method=method, files=_listing(target), notes=notes)
     if verbose:
         print(result)
-    if push_to_hub:  # after the local save is complete, so a failed upload loses nothing
-        result.repo_url = hub.push_to_hub(target, repo_id, token=token, private=private, api=hub_api)
+    if repo_id is not None:  # after the local save is complete, so a failed upload loses nothing
+        result.repo_url = hub.push_to_hub(target, repo_id, token=token, private=private)
         if verbose:
             print(f"Pushed to {result.repo_url}")
     return result
+
+
+# Which save methods use each method-specific option; any other method would ignore it.
+_OPTION_METHODS = {
+    "dtype": ("merged_16bit", "ollama", "gguf"),
+    "max_shard_size": ("merged_16bit", "ollama", "gguf"),
+    "quantization": ("gguf",),
+    "llama_cpp_dir": ("gguf",),
+    "system_prompt": ("ollama", "gguf"),
+}
+
+
+def _check_options_suit_method(method, **options):
+    for name, value in options.items():
+        if value is not None and method not in _OPTION_METHODS[name]:
+            suited = " or ".join(f"method={choice!r}" for choice in _OPTION_METHODS[name])
+            raise FtlibError(
+                f"{name}={value!r} has no effect on method={method!r}: it applies to {suited}; "
+                f"leave {name} out, or choose one of those methods"
+            )

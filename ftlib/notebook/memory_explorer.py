@@ -20,28 +20,32 @@ METHOD_NAMES = {"QLoRA (4-bit base)": "qlora", "LoRA (16-bit base)": "lora", "8-
                 "full fine-tune": "full"}
 
 
-def estimate_for_size(size, method="qlora", max_seq_length=2048, batch_size=2):
+def estimate_for_size(size, method="qlora", *, max_seq_length=2048, per_device_train_batch_size=2):
     """`estimate_memory` for one of COMMON_SIZES ("1B", "3B", "8B", "14B", "70B").
 
     Example:
         >>> estimate_for_size("8B", "qlora").fits(16)
         True
     """
-    return estimate_memory(COMMON_SIZES[size], method, max_seq_length=max_seq_length, batch_size=batch_size)
+    return estimate_memory(COMMON_SIZES[size], method, max_seq_length=max_seq_length,
+                           per_device_train_batch_size=per_device_train_batch_size)
 
 
-def memory_table(methods=("qlora", "lora_8bit", "lora", "full"), max_seq_length=2048, batch_size=2, gpu_gb=16):
+def memory_table(methods=("qlora", "lora_8bit", "lora", "full"), *, max_seq_length=2048, per_device_train_batch_size=2,
+                 gpu_gb=16):
     """A text table: estimated GB for every common size and method; '*' marks what fits `gpu_gb`.
 
     Example:
         >>> print(memory_table(gpu_gb=16))
     """
-    lines = [f"GB needed at sequence length {max_seq_length}, batch {batch_size}; * fits a {gpu_gb} GB GPU",
+    lines = [f"GB needed at sequence length {max_seq_length}, batch {per_device_train_batch_size}; "
+             f"* fits a {gpu_gb} GB GPU",
              f"{'size':<6}" + "".join(f"{method:>12}" for method in methods)]
     for size in COMMON_SIZES:
         cells = []
         for method in methods:
-            estimate = estimate_for_size(size, method, max_seq_length, batch_size)
+            estimate = estimate_for_size(size, method, max_seq_length=max_seq_length,
+                                         per_device_train_batch_size=per_device_train_batch_size)
             cells.append(f"{estimate.total_gb:>10.1f}{'*' if estimate.fits(gpu_gb) else ' ':<2}")
         lines.append(f"{size:<6}" + "".join(cells))
     return "\n".join(lines)
@@ -54,7 +58,7 @@ class MemoryExplorer:
         >>> MemoryExplorer(gpu_gb=16)   # in a notebook cell
     """
 
-    def __init__(self, gpu_gb=16, size="8B", method="qlora", max_seq_length=2048, batch_size=2):
+    def __init__(self, gpu_gb=16, *, size="8B", method="qlora", max_seq_length=2048, per_device_train_batch_size=2):
         import ipywidgets
 
         self.gpu_gb = gpu_gb
@@ -64,7 +68,8 @@ class MemoryExplorer:
                                           style=style)
         self.length = ipywidgets.Dropdown(options=[512, 1024, 2048, 4096, 8192], value=max_seq_length,
                                           description="sequence length", style=style)
-        self.batch = ipywidgets.Dropdown(options=[1, 2, 4, 8], value=batch_size, description="batch size", style=style)
+        self.batch = ipywidgets.Dropdown(options=[1, 2, 4, 8], value=per_device_train_batch_size,
+                                         description="batch size", style=style)
         self.output = ipywidgets.Output()
         for control in (self.size, self.method, self.length, self.batch):
             control.observe(self._update, names="value")
@@ -73,7 +78,8 @@ class MemoryExplorer:
 
     def estimate(self):
         """The estimate for the current choices."""
-        return estimate_for_size(self.size.value, self.method.value, self.length.value, self.batch.value)
+        return estimate_for_size(self.size.value, self.method.value, max_seq_length=self.length.value,
+                                 per_device_train_batch_size=self.batch.value)
 
     def text(self):
         estimate = self.estimate()

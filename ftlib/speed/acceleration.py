@@ -14,27 +14,27 @@ What ftlib does on a CUDA GPU, and why:
   them to float32, which costs memory and an extra cast in every layer and changes nothing a LoRA
   adapter learns.
 - Gradient checkpointing in PyTorch's "reentrant" form: the first forward pass runs without autograd,
-  so no per-tensor hooks; a large GPU's training step waits on Python, and this removes about a third
-  of the per-layer Python work (measured on a CPU stand-in). Or "offload" (ftlib/speed/offloaded_checkpoint.py):
-  the same, with each layer's saved input copied to CPU memory and back without the CPU waiting, which
-  frees about 0.8 GB for an 8B model at 2 x 2,048 tokens (6.60 against 7.44 GB on an H200). Neither needs
-  float32 inputs.
-- Padding-free batching: sequences of a batch are laid end to end instead of padded to the longest,
-  so no compute is spent on padding (the attention mask keeps them apart).
+  so no per-tensor hooks: less Python work per layer, which counts because a large GPU's training step
+  waits on Python. Or "offload" (ftlib/speed/offloaded_checkpoint.py): the same, with each layer's saved
+  input copied to CPU memory and back without the CPU waiting, which frees most of the GPU memory the layer
+  inputs took (an 8B model at 2 x 2,048 tokens keeps 32 of them, 33.5 MB each; two return buffers stay).
+  Neither needs float32 inputs.
+- Padding-free batching, where asked: sequences of a batch are laid end to end instead of padded to the
+  longest, so no compute is spent on padding (the attention mask keeps them apart).
 - 8-bit AdamW: optimizer state in 2 bytes per trainable number instead of 8.
 - Fused LoRA projections (ftlib/speed/fused_lora.py): the adapter's product and the frozen layer's output are
   summed by the matrix multiply itself, instead of PEFT's copy, scale and add passes, and projections of the
   same input (q, k and v; gate and up) are computed together; when checkpointing recomputes a layer, the MLP's
   last multiply, whose output nothing reads then, is left out. Their 4-bit weights are unpacked by one kernel
-  of ftlib's (ftlib/speed/nf4_kernel.py), bit for bit as bitsandbytes does, in less GPU time and with fewer launches.
+  of ftlib's (ftlib/speed/nf4_kernel.py), bit for bit as bitsandbytes does, in fewer launches.
 - Growable CUDA memory segments (PyTorch's `expandable_segments`), so less reserved memory is lost to
   fragmentation; skipped when the user configured PyTorch's allocator themselves.
 - Attention that suits the data's lengths: PyTorch prefers cuDNN's attention on a Hopper GPU, which plans
   anew for each new sequence length. Rows of many lengths make most batches a new shape, so while such
-  data trains, PyTorch's flash attention runs instead (1B QLoRA on instruction-like lengths on an H200:
-  2,239 tokens/s with cuDNN's attention, 3,624-5,239 without it, in three runs).
+  data trains, PyTorch's flash attention runs instead.
 
-Set the environment variable FTLIB_PLAIN=1 to switch all of it off (to compare, or to rule it out).
+Each option has a name in ftlib/speed/switches.py; FTLIB_SPEED_OFF=name1,name2 switches those off and
+FTLIB_PLAIN=1 all of them (to compare, or to rule them out). benchmarks/README.md has what each brings.
 """
 
 import contextlib
@@ -46,14 +46,11 @@ import warnings
 
 import torch
 
+from ftlib.speed.switches import on, plain_requested  # noqa: F401  (plain_requested: FTLIB_PLAIN=1)
+
 # Attention implementations that keep sequences laid end to end apart (transformers reads the
 # boundaries from position_ids and builds a block-diagonal mask, or passes them to flash attention).
 PADDING_FREE_ATTENTION = {"sdpa", "flash_attention_2", "flash_attention_3", "flex_attention"}
-
-
-def plain_requested():
-    """True when the user asked for the plain path (FTLIB_PLAIN=1). Example: `plain_requested()`."""
-    return os.environ.get("FTLIB_PLAIN", "").strip().lower() in {"1", "true", "yes"}
 
 
 def model_device_type(model):
@@ -87,15 +84,20 @@ def _dispatch_by_device(fast, plain):
 
 
 # Models whose RMSNorm is y = weight * (x / rms(x)), which PyTorch's fused kernel computes (in float32, as they
-# do). A call costs the CPU a sixth of Liger's Triton launch (12.5 against 77.6 us on the H200,
-# benchmarks/launch_costs.json), which counts where a step waits on Python.
+# do). A call of it costs the CPU a fraction of Liger's Triton launch (benchmarks/launch_costs.py times both),
+# which counts where a step waits on Python.
 TORCH_RMS_NORM_MODELS = {"llama", "mistral", "qwen2", "qwen3"}
+
+
+def torch_rms_norm_for(model_type):
+    """True when PyTorch's fused RMSNorm, not Liger's, serves this model type. Example: `torch_rms_norm_for("qwen2")`"""
+    return model_type in TORCH_RMS_NORM_MODELS and hasattr(torch.nn.functional, "rms_norm") and on("torch_rms_norm")
 
 
 def _fused_rms_norm_forward(self, hidden_states):
     """A Llama-style RMSNorm in one PyTorch kernel, when input and weight share a dtype on a GPU.
 
-    Autocast leaves `rms_norm` in the input's dtype (checked on the H200 by benchmarks/launch_costs.py).
+    Autocast leaves `rms_norm` in the input's dtype (benchmarks/launch_costs.py checks it on a GPU).
     """
     weight = self.weight
     if not hidden_states.is_cuda or hidden_states.dtype != weight.dtype:
@@ -108,11 +110,12 @@ def apply_liger_kernels(model):
 
     Example: `apply_liger_kernels(model)  # ['rms_norm', 'swiglu', 'rope']`
 
-    The RMSNorm is PyTorch's on the models of `TORCH_RMS_NORM_MODELS` and Liger's on the others; the rest are
-    Liger's. The fused linear cross-entropy stays off: TRL's trainer already computes the loss in chunks without
-    the full logits, and refuses Liger's version. Liger patches some classes module-wide; those are put
-    back afterwards so a model loaded later on the CPU still gets the plain classes, and the RoPE function
-    (shared by every model of the architecture) runs Liger's kernel on CUDA tensors only.
+    The RMSNorm is PyTorch's on the models of `TORCH_RMS_NORM_MODELS` (unless the switch `torch_rms_norm` is
+    off) and Liger's on the others; the rest are Liger's. The fused linear cross-entropy stays off: TRL's
+    trainer already computes the loss in chunks without the full logits, and refuses Liger's version. Liger
+    patches some classes module-wide; those are put back afterwards so a model loaded later on the CPU still
+    gets the plain classes, and the RoPE function (shared by every model of the architecture) runs Liger's
+    kernel on CUDA tensors only.
     """
     from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN, _apply_liger_kernel_to_instance
 
@@ -124,7 +127,7 @@ def apply_liger_kernels(model):
     saved = {name: getattr(module, name) for name in dir(module)} if module is not None else {}
     plain_rope = saved.get("apply_rotary_pos_emb")
     plain_rope = getattr(plain_rope, "_ftlib_plain", plain_rope)  # already wrapped by an earlier load
-    torch_norms = model_type in TORCH_RMS_NORM_MODELS and hasattr(torch.nn.functional, "rms_norm")
+    torch_norms = torch_rms_norm_for(model_type)
     _apply_liger_kernel_to_instance(
         model=base, rope=True, rms_norm=not torch_norms, swiglu=True, cross_entropy=False,
         fused_linear_cross_entropy=False
@@ -156,7 +159,7 @@ def after_load(model, settings):
     """
     applied = []
     # The same kernels suit LoRA, QLoRA and full fine-tuning, so `settings` does not change the choice.
-    if not plain_requested() and model_device_type(model) == "cuda" and liger_available():
+    if on("liger") and model_device_type(model) == "cuda" and liger_available():
         try:
             applied = apply_liger_kernels(model)
         except Exception as error:  # a liger-kernel release that does not fit this transformers: train plainly
@@ -171,10 +174,10 @@ def use_expandable_segments():
 
     Example: `use_expandable_segments()`
 
-    Left alone on a CPU, under FTLIB_PLAIN=1, and when PYTORCH_CUDA_ALLOC_CONF or PYTORCH_ALLOC_CONF is set
-    (the user's own allocator settings win).
+    Left alone on a CPU, with the switch `expandable_segments` off, and when PYTORCH_CUDA_ALLOC_CONF or
+    PYTORCH_ALLOC_CONF is set (the user's own allocator settings win).
     """
-    if plain_requested() or not torch.cuda.is_available():
+    if not on("expandable_segments") or not torch.cuda.is_available():
         return False
     if os.environ.get("PYTORCH_CUDA_ALLOC_CONF") or os.environ.get("PYTORCH_ALLOC_CONF"):
         return False
@@ -191,10 +194,10 @@ def fuse_lora(model):
 
     Example: `fuse_lora(model)  # 224 for an 8B Llama with adapters on all seven projections`
 
-    Generation keeps PEFT's own forward (see ftlib/speed/fused_lora.py); nothing changes on a CPU or under
-    FTLIB_PLAIN=1.
+    Generation keeps PEFT's own forward (see ftlib/speed/fused_lora.py); nothing changes on a CPU or with the
+    switch `fused_lora` off.
     """
-    if plain_requested() or model_device_type(model) != "cuda":
+    if not on("fused_lora") or model_device_type(model) != "cuda":
         return 0
     from ftlib.speed.fused_lora import fuse_lora_layers
 
@@ -212,14 +215,16 @@ def enable_gradient_checkpointing(model, mode=True):
     Example: `enable_gradient_checkpointing(model, "offload")`
 
     mode: True = reentrant checkpointing (the least Python work per layer); "offload" = the same, with each
-    layer's input kept in CPU memory until the backward pass (about 0.8 GB less for an 8B model at 2 x 2,048
-    tokens; on a CPU it is plain reentrant checkpointing); False = off (fastest, most memory). All forms give
-    the same loss and gradients; the frozen embedding layer's output is made to require gradients so the
-    checkpointed layers pass gradients on to the adapters.
+    layer's input kept in CPU memory until the backward pass (one layer input less per layer on the GPU; on a
+    CPU it is plain reentrant checkpointing; True while the switch `offload` is off); False = off (fastest,
+    most memory). All forms give the same loss and gradients; the frozen embedding layer's output is made to
+    require gradients so the checkpointed layers pass gradients on to the adapters.
     """
     from ftlib.checks import check_checkpointing
 
     check_checkpointing("use_gradient_checkpointing", mode)
+    if mode == "offload" and not on("offload"):
+        mode = True
     base = _base_model(model)
     base._ftlib_gradient_checkpointing = mode
     if not mode:
@@ -239,7 +244,7 @@ def enable_gradient_checkpointing(model, mode=True):
 
 
 def gradient_checkpointing_mode(model):
-    """The mode last given to enable_gradient_checkpointing (None if never called). Example: `gradient_checkpointing_mode(model)`."""
+    """The mode enable_gradient_checkpointing set up last, or None. Example: `gradient_checkpointing_mode(model)`."""
     return getattr(_base_model(model), "_ftlib_gradient_checkpointing", None)
 
 
@@ -254,16 +259,15 @@ def trainer_settings(model, padding_free=False):
 
     Example: `SFTConfig(output_dir="outputs", **trainer_settings(model))`
 
-    On a CUDA GPU: 8-bit AdamW; on a CPU: plain AdamW. padding_free=True (on any device, when the attention
-    supports it) adds padding-free batching, which needs `max_length=None` in SFTConfig (TRL does not
-    truncate then), so the caller must have cut every row to max_seq_length already; these settings
-    override the caller's own.
+    On a CUDA GPU: 8-bit AdamW; on a CPU, or with the switch `adamw_8bit` off: plain AdamW. padding_free=True
+    (on any device, when the attention supports it and the switch `padding_free` is on) adds padding-free
+    batching, which needs `max_length=None` in SFTConfig (TRL does not truncate then), so the caller must have
+    cut every row to max_seq_length already; these settings override the caller's own.
     """
-    if plain_requested():
-        return {"optim": "adamw_torch"}
-    on_gpu = model_device_type(model) == "cuda"
-    settings = {"optim": "adamw_8bit" if on_gpu and importlib.util.find_spec("bitsandbytes") else "adamw_torch"}
-    if padding_free and supports_padding_free(model):
+    eight_bit = (on("adamw_8bit") and model_device_type(model) == "cuda"
+                 and importlib.util.find_spec("bitsandbytes") is not None)
+    settings = {"optim": "adamw_8bit" if eight_bit else "adamw_torch"}
+    if padding_free and on("padding_free") and supports_padding_free(model):
         settings["padding_free"] = True
         settings["max_length"] = None
     return settings
@@ -295,10 +299,11 @@ def attention_suited_to(model, datasets, max_seq_length):
 
     cuDNN's attention builds a plan for each new sequence length, which costs more than the step itself;
     flash attention, PyTorch's next choice, needs none. Fixed-length rows keep cuDNN's (faster) kernels.
-    The setting is PyTorch-wide, so it is put back as it was when the block ends, however it ends.
+    The setting is PyTorch-wide, so it is put back as it was when the block ends, however it ends. Nothing
+    changes with the switch `varied_length_attention` off.
     """
     enabled = torch.backends.cuda.cudnn_sdp_enabled()
-    switch = (enabled and not plain_requested() and model_device_type(model) == "cuda"
+    switch = (enabled and on("varied_length_attention") and model_device_type(model) == "cuda"
               and lengths_vary(datasets, max_seq_length))
     if switch:
         torch.backends.cuda.enable_cudnn_sdp(False)

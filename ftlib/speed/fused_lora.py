@@ -26,6 +26,9 @@ gradients come out of the multiply in their own dtype (float32) instead of being
 Only the training path changes: generation (a model in eval mode, without gradients) keeps PEFT's own
 forward, which uses bitsandbytes' fast single-token kernel. Layers with dropout, DoRA or other LoRA
 variants, several active adapters or a merged adapter also keep PEFT's forward.
+
+The switches `siblings`, `unread_outputs`, `nf4_kernel` and `direct_dequant` (ftlib/speed/switches.py) are
+read each time `fuse_lora_layers` runs, so the per-projection path asks nothing.
 """
 
 import functools
@@ -33,8 +36,19 @@ import types
 
 import torch
 
-from ftlib.speed import nf4_kernel
+from ftlib.speed import nf4_kernel, switches
 from ftlib.speed.offloaded_checkpoint import recomputing
+
+
+class _Dequantizers:
+    """Which ways of making a 4-bit weight dense the fused path may take, as the switches said at the last fuse."""
+
+    nf4_kernel = True  # ftlib's one-pass kernel (nf4_kernel.py)
+    direct = True  # bitsandbytes' C functions, called directly on one CUDA GPU
+
+    @classmethod
+    def read_switches(cls):
+        cls.nf4_kernel, cls.direct = switches.on("nf4_kernel"), switches.on("direct_dequant")
 
 
 @functools.cache
@@ -64,7 +78,7 @@ def _native_dequantizers():
 
 def _native_path(packed, state):
     """bitsandbytes' C functions when they can de-quantise this weight directly, else None."""
-    functions = _native_dequantizers() if packed.is_cuda else None
+    functions = _native_dequantizers() if packed.is_cuda and _Dequantizers.direct else None
     if (functions is None or not packed.is_contiguous() or not state.absmax.is_contiguous()
             or (state.nested and (state.state2.dtype != torch.float32 or not state.state2.code.is_cuda))):
         return None
@@ -95,15 +109,17 @@ def _block_scales(state, functions):
 def _dequantize_4bit(packed, state, scales=None):
     """A 4-bit weight in `state.dtype`, as bitsandbytes' `functional.dequantize_4bit` gives it, and its block scales.
 
-    This runs three times per projection per micro-batch, 2,688 times per 8B step, so its GPU time and the
-    Python around it both show. ftlib's one-pass NF4 kernel serves where it can (`nf4_kernel.py`; the scales
-    returned are then None); otherwise, on one CUDA GPU, bitsandbytes' C functions are called directly, and
-    elsewhere its operators, with the same arguments. `scales`: the ones an earlier call returned for this
-    weight, so they are not de-quantised again.
+    This runs three times per projection per micro-batch (32 layers x 7 projections x 3 x 4 micro-batches =
+    2,688 times per 8B step), so its GPU time and the Python around it both show. ftlib's one-pass NF4 kernel
+    serves where it can (`nf4_kernel.py`; the scales returned are then None); otherwise, on one CUDA GPU,
+    bitsandbytes' C functions are called directly, and elsewhere its operators, with the same arguments
+    (`_Dequantizers` says which of these the switches allow). `scales`: the ones a previous call returned for
+    this weight, so they are not de-quantised again.
     """
-    dense = nf4_kernel.dequantize(packed, state)
-    if dense is not None:
-        return dense, None
+    if _Dequantizers.nf4_kernel:
+        dense = nf4_kernel.dequantize(packed, state)
+        if dense is not None:
+            return dense, None
     functions = _native_path(packed, state)
     if scales is None:
         scales = _block_scales(state, functions)
@@ -120,7 +136,7 @@ def _dequantize_4bit(packed, state, scales=None):
 def _dense_weight(base_layer, dtype, scales=None):
     """The frozen weight as a (out, in) matrix in `dtype`, and its block scales (None unless 4-bit and needed).
 
-    `scales`: the ones an earlier call returned for this weight, so they are not de-quantised again.
+    `scales`: the ones a previous call returned for this weight, so they are not de-quantised again.
     """
     weight = base_layer.weight
     quant_state = getattr(weight, "quant_state", None)
@@ -333,8 +349,11 @@ def fuse_lora_layers(model):
 
     Example: `fuse_lora_layers(model)  # 224 for an 8B Llama with all seven projections`
 
-    Safe to call again (layers already fused are skipped) and on any device; `unfuse_lora_layers` undoes it.
+    Safe to call again (layers already fused are skipped, and every fused layer follows the switches as they
+    are now) and on any device; `unfuse_lora_layers` undoes it.
     """
+    _Dequantizers.read_switches()
+    together, leave_out = switches.on("siblings"), switches.on("unread_outputs")
     count = 0
     for module in model.modules():
         if getattr(module, "_ftlib_peft_forward", None) is None and _fusable(module):
@@ -346,12 +365,12 @@ def fuse_lora_layers(model):
         if type(block).__name__ in UNREAD_WHEN_RECOMPUTED:
             down = getattr(getattr(block, "mlp", None), "down_proj", None)
             if hasattr(down, "_ftlib_unread_when_recomputed"):
-                down._ftlib_unread_when_recomputed = True
+                down._ftlib_unread_when_recomputed = leave_out
         for names in SIBLING_NAMES:
             members = [getattr(block, name, None) for name in names]
             members = [member for member in members if hasattr(member, "_ftlib_siblings")]  # fused ones only
             if len(members) > 1:
-                siblings = _Siblings(members)
+                siblings = _Siblings(members) if together else None
                 for member in members:
                     member._ftlib_siblings = siblings
     return count

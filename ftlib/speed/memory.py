@@ -1,7 +1,7 @@
 """Step 5 of the guide: how much GPU memory a fine-tune needs, before anything is loaded, and what it used.
 
     >>> from ftlib import estimate_memory
-    >>> print(estimate_memory("llama-3.1-8b", "qlora", max_seq_length=2048, batch_size=2))
+    >>> print(estimate_memory("llama-3.1-8b", "qlora", max_seq_length=2048, per_device_train_batch_size=2))
 
 The estimate adds up what training keeps on the GPU:
 
@@ -9,15 +9,15 @@ The estimate adds up what training keeps on the GPU:
   the rest for its scales); 16-bit stores 2. Embeddings, the output layer and norms stay 16-bit.
 - adapters: LoRA's two small matrices per adapted layer, rank x (inputs + outputs) numbers, in float32.
 - gradients: one number per trainable number (float32 for adapters, 16-bit for full fine-tuning).
-- optimizer: AdamW keeps two numbers per trainable number: 8 bytes in float32, 2 bytes in 8-bit AdamW.
+- optimizer: AdamW keeps two numbers per trainable number: 8 bytes in float32, 2 bytes in 8-bit AdamW (`optim`).
 - activations: what the forward pass keeps for the backward pass. With gradient checkpointing only each
   layer's input (batch x length x hidden x 2 bytes a layer) stays, in CPU memory with "offload" (add_lora's
   default), plus one layer's working set while it is recomputed; without it, every layer's working set
   stays. Grows linearly with batch x length.
 - overhead: the CUDA context (about 0.5 GB, outside PyTorch's own count) and allocator slack.
 
-The per-token working-set constants were fitted to measured peaks on an H200 (benchmarks/README.md lists
-each case and its error); treat the result as +/-20%.
+The per-token working-set constants were fitted to the peaks benchmarks/run.py measures (benchmarks/README.md
+lists the estimate against each measured case); treat the result as +/-20%.
 """
 
 import json
@@ -113,7 +113,7 @@ class MemoryEstimate:
 
     def __str__(self):
         lines = [f"{self.details.get('model', 'model')}, {self.details.get('method', '')}, "
-                 f"{self.details.get('batch_size')} x {self.details.get('max_seq_length')} tokens"]
+                 f"{self.details.get('per_device_train_batch_size')} x {self.details.get('max_seq_length')} tokens"]
         for part in self.PARTS:
             lines.append(f"  {part:<12}{getattr(self, part) / GB:8.2f} GB")
         lines.append(f"  {'total':<12}{self.total_gb:8.2f} GB")
@@ -130,13 +130,16 @@ class MemoryEstimate:
 def estimate_memory(
     model_name_or_config,
     method="qlora",  # "qlora" (4-bit base + LoRA), "lora" (16-bit base + LoRA), "lora_8bit", or "full"
+    *,
     max_seq_length=2048,  # activations grow linearly with it
-    batch_size=2,  # activations grow linearly with it too; gradient accumulation costs no memory
-    lora_rank=16,  # 8-64: adapters are small either way, a few hundred MB at most
+    per_device_train_batch_size=2,  # activations grow linearly with it too; gradient accumulation costs no memory
+    r=16,  # LoRA rank, 8-64: adapters are small either way, a few hundred MB at most
     target_modules=PROJECTIONS,  # the layers that get adapters
-    gradient_checkpointing="offload",  # add_lora's default: layer inputs in CPU memory; True: on the GPU; False: keep all
-    optimizer="adamw_8bit",  # "adamw_8bit" (2 bytes a trainable number) or "adamw" (8 bytes)
-    dtype_bytes=2,  # 2 for bf16/fp16 compute; 4 for float32 (CPU)
+    use_gradient_checkpointing="offload",  # add_lora's default: layer inputs in CPU memory; True: on the GPU;
+    # False: every layer's activations stay
+    optim=None,  # train's optimizer: None = its GPU default "adamw_8bit" (2 bytes a trainable number);
+    # "adamw_torch" keeps float32 state (8 bytes)
+    dtype=None,  # load_model's compute precision: None = auto (16-bit on a GPU); "float32" doubles activations
     float32_upcasting=False,  # True models the plain recipe's prepare_model_for_kbit_training (fp32 norms/embeddings)
 ):
     """Estimate the peak GPU memory of a fine-tune before loading anything; returns a MemoryEstimate.
@@ -145,16 +148,16 @@ def estimate_memory(
     "ftlib-tiny", a folder with a config.json, a transformers config, or a dict of its numbers.
 
     Example:
-        >>> estimate_memory("llama-3.1-8b", "qlora", max_seq_length=2048, batch_size=2).total_gb
+        >>> estimate_memory("llama-3.1-8b", "qlora", max_seq_length=2048, per_device_train_batch_size=2).total_gb
     """
     shape = model_shape(model_name_or_config)
     method = _check_method(method)
     check_positive("max_seq_length", max_seq_length, "max_seq_length=2048")
-    check_positive("batch_size", batch_size, "batch_size=2")
-    check_positive("lora_rank", lora_rank, "lora_rank=16")
-    check_checkpointing("gradient_checkpointing", gradient_checkpointing)
-    if optimizer not in ("adamw_8bit", "adamw"):
-        raise FtlibError(f"optimizer must be 'adamw_8bit' or 'adamw', got {optimizer!r}: try 'adamw_8bit'")
+    check_positive("per_device_train_batch_size", per_device_train_batch_size, "per_device_train_batch_size=2")
+    check_positive("r", r, "r=16 (8-64 typical)")
+    check_checkpointing("use_gradient_checkpointing", use_gradient_checkpointing)
+    eight_bit_state = _check_optim(optim)
+    dtype_bytes = _dtype_bytes(dtype)
 
     hidden, inter, layers = shape["hidden_size"], shape["intermediate_size"], shape["num_hidden_layers"]
     vocab = shape["vocab_size"]
@@ -176,17 +179,17 @@ def estimate_memory(
         trainable = total_weights
         adapters = 0.0
         gradients = trainable * dtype_bytes
-        optimizer_bytes = trainable * (2 if optimizer == "adamw_8bit" else 2 * dtype_bytes)
+        optimizer_bytes = trainable * (2 if eight_bit_state else 2 * dtype_bytes)
     else:
         unknown = [name for name in target_modules if name not in sizes]
         if unknown:
             raise FtlibError(f"target_modules {unknown} are not projections this estimate knows: use some of {PROJECTIONS}")
-        trainable = lora_rank * sum(sum(sizes[name]) for name in target_modules) * layers
+        trainable = r * sum(sum(sizes[name]) for name in target_modules) * layers
         adapters = trainable * 4  # PEFT keeps adapters in float32 next to a 16-bit or 4-bit base
         gradients = trainable * 4
-        optimizer_bytes = trainable * (2 if optimizer == "adamw_8bit" else 8)
+        optimizer_bytes = trainable * (2 if eight_bit_state else 8)
 
-    tokens = batch_size * max_seq_length
+    tokens = per_device_train_batch_size * max_seq_length
     residual_bytes = 4 if float32_upcasting else dtype_bytes  # upcast embeddings make the residual stream fp32
     layer_input = tokens * hidden * residual_bytes
     # One layer's working set while it is recomputed and differentiated (MLP outputs dominate), plus the
@@ -199,9 +202,9 @@ def estimate_memory(
     # The loss: TRL's fused head works through (up to 4,096 tokens) x (up to 32,768 words) tiles, never the
     # whole (tokens x vocabulary) logits; plus float32 copies of the final hidden states and their gradient.
     loss_working_set = min(tokens, 4096) * min(vocab, 32768) * dtype_bytes + tokens * hidden * LOSS_HIDDEN_BYTES
-    if gradient_checkpointing == "offload":
+    if use_gradient_checkpointing == "offload":
         kept_inputs = OFFLOAD_IN_FLIGHT * layer_input  # a few layer inputs on their way to or from the CPU
-    elif gradient_checkpointing:
+    elif use_gradient_checkpointing:
         kept_inputs = layers * layer_input
     else:
         kept_inputs = (layers - 1) * layer_working_set
@@ -213,9 +216,9 @@ def estimate_memory(
         weights=weights, adapters=adapters, gradients=gradients, optimizer=optimizer_bytes,
         activations=activations, overhead=overhead,
         details={"model": shape.get("name", "model"), "method": method, "max_seq_length": max_seq_length,
-                 "batch_size": batch_size, "parameters": total_weights, "trainable_parameters": trainable,
-                 "gradient_checkpointing": gradient_checkpointing, "optimizer": optimizer,
-                 "float32_upcasting": float32_upcasting},
+                 "per_device_train_batch_size": per_device_train_batch_size, "parameters": total_weights,
+                 "trainable_parameters": trainable, "use_gradient_checkpointing": use_gradient_checkpointing,
+                 "optim": optim or "adamw_8bit", "dtype_bytes": dtype_bytes, "float32_upcasting": float32_upcasting},
     )
 
 
@@ -278,6 +281,36 @@ def normalise_name(name):
         if key == known or key.startswith(known + "-") or key.startswith("meta-" + known):
             return known
     return key
+
+
+# train's `optim` names (transformers' OptimizerNames) by the bytes of state they keep per trainable number:
+# two numbers of 1 byte (8-bit) or two numbers in the trainable weights' precision (4 bytes each for adapters).
+EIGHT_BIT_OPTIMIZERS = ("adamw_8bit", "adamw_bnb_8bit", "paged_adamw_8bit", "adamw_torch_8bit")
+FULL_PRECISION_OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "paged_adamw_32bit")
+DTYPE_BYTES = {"bfloat16": 2, "bf16": 2, "float16": 2, "fp16": 2, "half": 2, "float32": 4, "fp32": 4}
+
+
+def _check_optim(optim):
+    """True when `optim` keeps 8-bit state; None is train's GPU default, 8-bit AdamW."""
+    if optim is None or optim in EIGHT_BIT_OPTIMIZERS:
+        return True
+    if optim in FULL_PRECISION_OPTIMIZERS:
+        return False
+    raise FtlibError(
+        f"optim={optim!r} is not an optimizer this estimate knows: use one of train's optim names "
+        f"{', '.join(EIGHT_BIT_OPTIMIZERS + FULL_PRECISION_OPTIMIZERS)}, or None for train's default (adamw_8bit)"
+    )
+
+
+def _dtype_bytes(dtype):
+    """Bytes a number of load_model's `dtype` takes: None = auto, 16-bit on a GPU."""
+    if dtype is None:
+        return 2
+    name = str(dtype).replace("torch.", "")
+    if name not in DTYPE_BYTES:
+        raise FtlibError(f"dtype must be None, 'bfloat16', 'float16' or 'float32', got {dtype!r}: "
+                         "None estimates the 16-bit compute a GPU uses")
+    return DTYPE_BYTES[name]
 
 
 def _check_method(method):

@@ -4,14 +4,14 @@ QLoRA keeps each frozen weight as 4-bit codes, two to a byte, with one scale per
 double quantisation those scales are themselves 8-bit codes, with one float32 scale per 256 of them and a
 mean offset. Every projection of a training step makes its weight dense three times (forward, recomputation,
 backward): 2,688 times per 8B step. bitsandbytes does that in three kernels (scales, offset, weight); this
-kernel reads the codes and both levels of scales and writes the dense weight in one pass. On an H200 it takes
-46 us for a 14336 x 4096 weight against bitsandbytes' 71 (benchmarks/launch_costs.json), and once compiled it
-is launched directly, which costs the CPU about half of Triton's own launch (31 against 58 us).
+kernel reads the codes and both levels of scales and writes the dense weight in one pass, so it reads the
+weight once and launches once. Once compiled it is launched directly, which costs the CPU less than Triton's
+own launch (benchmarks/launch_costs.py times both, and the kernel against bitsandbytes').
 
 It computes what bitsandbytes computes, in the same float32 order and without fused multiply-adds, so the
 weights are bit for bit the same (tests/test_acceleration.py checks it on a GPU, and on a CPU through Triton's
 interpreter). Triton comes with PyTorch's CUDA builds; without it, or off a GPU, `dequantize` answers None and
-the caller uses bitsandbytes.
+the caller uses bitsandbytes, as it does with the switch `nf4_kernel` off (ftlib/speed/fused_lora.py asks it).
 """
 
 import functools
@@ -20,7 +20,7 @@ import warnings
 import torch
 
 VALUES_PER_INSTANCE = 4096  # dense values one kernel instance writes: a power of two, 2048-8192 run about as fast
-WARPS_PER_INSTANCE = 4  # 4 or 8: at 4,096 values, 4 beat 8 for every 8B weight shape on the H200
+WARPS_PER_INSTANCE = 4  # 4 or 8: at 4,096 values an instance, 4 suit every 8B weight shape
 _FAILURES = []  # the error that stopped the kernel (a Triton too old for it, a GPU it cannot compile for)
 _COMPILED = {}  # kind of weight -> Triton's compiled kernel for it, launched directly (None: Triton's way only)
 

@@ -28,6 +28,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from ftlib.errors import FtlibError
+from ftlib.speed import switches
 
 CPU_MEMORY_SHARE = 0.5  # 0.3-0.7: the share of available CPU memory that parked layer inputs may take
 # 0.005-0.05: the largest layer input copied back a layer early, as a share of the GPU memory the process may use.
@@ -238,6 +239,9 @@ class _ParkedInput:
         return hidden, index
 
     def prefetch_earlier(self, in_use):
+        """Start the copy back of the input parked before this one, unless the switch `prefetch` is off."""
+        if not switches.on("prefetch"):
+            return
         earlier = self.earlier() if self.earlier is not None else None
         if earlier is not None:
             earlier.prefetch(in_use)

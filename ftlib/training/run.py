@@ -16,6 +16,8 @@ from ftlib.training.history import TrainingHistory
 from ftlib.training.trainer import (FtlibTrainer, HistoryCallback, ProgressCallback, keep_adapters_out_of_bfloat16,
                                     quiet_dataset_preparation)
 
+DEFAULT_MAX_STEPS = 60  # the guide's quick first run
+
 
 def train(
     model,
@@ -24,18 +26,19 @@ def train(
     *,
     per_device_train_batch_size=2,  # 1-8: larger is faster per example but needs more memory
     gradient_accumulation_steps=4,  # effective batch = 2 x 4 = 8; raise it instead of the batch when memory is short
-    max_steps=60,  # optimizer steps; 60 is a quick first run, ignored when num_train_epochs is set
-    num_train_epochs=None,  # 1-3 passes over the data; more risks over-fitting
+    max_steps=None,  # optimizer steps; None = 60, a quick first run (or num_train_epochs decides)
+    num_train_epochs=None,  # 1-3 passes over the data instead of max_steps; more risks over-fitting
     learning_rate=2e-4,  # 2e-4 for LoRA; 1e-4 to 5e-5 is gentler and suits longer runs and full fine-tuning
     warmup_steps=5,  # steps of linearly rising learning rate at the start: steadies the first updates
     lr_scheduler_type="linear",  # "linear" decays to 0; "cosine" decays smoothly; "constant" never does
     weight_decay=0.01,  # 0-0.1: a mild pull of weights toward 0 against over-fitting
     max_seq_length=None,  # None = the tokenizer's model_max_length (load_model's max_seq_length)
     eval_dataset=None,  # held-out examples: their loss shows over-fitting that training loss hides
-    eval_steps=None,  # evaluate every this many steps; None = about 10 times a run
+    eval_steps=None,  # with held-out data: evaluate every this many steps; None = about 10 times a run
     logging_steps=1,  # log the training loss every step: the live plot and the history use it
     output_dir="outputs",  # checkpoints go here when save_steps is set
-    save_steps=None,  # save a checkpoint every this many steps so a stopped run can resume
+    save_steps=None,  # save a checkpoint every this many steps so a stopped run can resume (early stopping
+    # saves one at each evaluation by itself)
     resume=False,  # True continues from the last checkpoint in output_dir
     early_stopping_patience=None,  # stop after this many evaluations without a better held-out loss
     seed=3407,  # same seed, same data order and dropout: runs repeat
@@ -53,15 +56,12 @@ def train(
         >>> history.final_loss
         0.52
     """
+    max_steps = _steps(max_steps, num_train_epochs)
     _check_settings(per_device_train_batch_size, gradient_accumulation_steps, max_steps, num_train_epochs,
                     learning_rate, warmup_steps, save_steps, eval_steps, early_stopping_patience)
     max_seq_length = max_seq_length or tokenizer.model_max_length
     train_dataset, eval_dataset = _prepare_datasets(dataset, eval_dataset, tokenizer, max_seq_length)
-    if early_stopping_patience is not None and eval_dataset is None:
-        raise FtlibError(
-            "early_stopping_patience needs held-out data to watch: pass eval_dataset=..., or "
-            "format_dataset(..., test_size=0.2) and train on the DatasetDict it returns"
-        )
+    _check_evaluation_settings(eval_dataset, eval_steps, save_steps, early_stopping_patience)
     checkpoint = _checkpoint_to_resume(output_dir) if resume else None
     by_epochs = num_train_epochs is not None
     total_steps = _planned_steps(len(train_dataset), per_device_train_batch_size, gradient_accumulation_steps,
@@ -204,6 +204,31 @@ def _token_columns(dataset, name):
     return dataset
 
 
+def _steps(max_steps, epochs):
+    """max_steps, with the guide's 60 when neither it nor num_train_epochs was chosen; both at once is refused."""
+    if max_steps is not None and epochs is not None:
+        raise FtlibError(
+            f"max_steps={max_steps} and num_train_epochs={epochs} were both set, and one would be ignored: "
+            "keep max_steps to train a fixed number of steps, or num_train_epochs to train by passes over the data"
+        )
+    return DEFAULT_MAX_STEPS if max_steps is None and epochs is None else max_steps
+
+
+def _check_evaluation_settings(eval_dataset, eval_steps, save_steps, patience):
+    """Refuse evaluation settings that this run would ignore."""
+    for name, value in (("early_stopping_patience", patience), ("eval_steps", eval_steps)):
+        if value is not None and eval_dataset is None:
+            raise FtlibError(
+                f"{name} needs held-out data to evaluate: pass eval_dataset=..., or "
+                "format_dataset(..., test_size=0.2) and train on the DatasetDict it returns"
+            )
+    if patience is not None and save_steps is not None and save_steps != eval_steps:
+        raise FtlibError(
+            f"early stopping saves a checkpoint at every evaluation (to keep the best), so save_steps={save_steps} "
+            f"would be ignored: leave save_steps out, or set eval_steps={save_steps} to evaluate and save together"
+        )
+
+
 def _check_settings(batch, accumulation, max_steps, epochs, learning_rate, warmup, save_steps, eval_steps, patience):
     check_positive("per_device_train_batch_size", batch, "2 (or 1 if memory is short)")
     check_positive("gradient_accumulation_steps", accumulation, "4 (effective batch = batch size x accumulation)")
@@ -244,5 +269,5 @@ def _memory_settings(model, config):
         "r": lora.get("r"),
         "per_device_train_batch_size": config.per_device_train_batch_size,
         "gradient_accumulation_steps": config.gradient_accumulation_steps,
-        "gradient_checkpointing": acceleration.gradient_checkpointing_mode(model),
+        "use_gradient_checkpointing": acceleration.gradient_checkpointing_mode(model),
     }

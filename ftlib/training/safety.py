@@ -37,7 +37,9 @@ class NonFiniteLossGuard(TrainerCallback):
         by replacing them with an average).
 
     After a stop, `.triggered` is True and `.step`, `.reason` (a short label) and `.message` (what happened,
-    likely causes, fixes) describe it; the `history` passed in gets `stopped_reason = "nan_loss"`.
+    likely causes, fixes) describe it; the `history` passed in gets `stopped_reason = "nan_loss"`. The check of
+    the gradients is skipped with check_gradients=False or with the speed switch `nan_guard` off
+    (FTLIB_SPEED_OFF=nan_guard, ftlib/speed/switches.py); the loss is checked either way.
 
     Example:
         >>> guard = NonFiniteLossGuard(history=history)
@@ -52,13 +54,17 @@ class NonFiniteLossGuard(TrainerCallback):
         self.message = None
         self._learning_rate = None
         self._fp16 = False
+        self._check_now = check_gradients  # what on_train_begin decided, with the speed switch
 
     def on_train_begin(self, args, state, control, **kwargs):
+        from ftlib.speed.switches import on
+
         self._learning_rate = args.learning_rate
         self._fp16 = bool(getattr(args, "fp16", False))
+        self._check_now = self.check_gradients and on("nan_guard")
 
     def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
-        if not self.check_gradients or self._fp16 or optimizer is None or self.triggered:
+        if not self._check_now or self._fp16 or optimizer is None or self.triggered:
             return
         gradients = [
             parameter.grad
@@ -259,7 +265,7 @@ def out_of_memory_message(settings, figures=None):
 
     `settings` holds what the run used (any missing key is skipped): per_device_train_batch_size,
     gradient_accumulation_steps, max_seq_length, load_in_4bit, load_in_8bit, full_finetuning,
-    gradient_checkpointing, model_name, r.
+    use_gradient_checkpointing, model_name, r.
 
     Example:
         >>> print(out_of_memory_message({"per_device_train_batch_size": 4, "max_seq_length": 2048}))
@@ -295,7 +301,7 @@ def out_of_memory_message(settings, figures=None):
             f"  - max_seq_length={sequence_length // 2} in load_model: activations grow with sequence length "
             "(check format_dataset's length report first, so you don't cut answers off)."
         )
-    checkpointing = settings.get("gradient_checkpointing")
+    checkpointing = settings.get("use_gradient_checkpointing")
     if checkpointing is False:
         lines.append('  - add_lora(..., use_gradient_checkpointing="offload") (the default): recompute activations instead '
                      "of storing them (~25% slower), with each layer's input kept in CPU memory.")

@@ -33,8 +33,8 @@ class FtlibTrainer(SFTTrainer):
         return 6 * input_ids.numel() * self._ftlib_parameter_count if input_ids is not None else 0
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        # transformers calls model.train() before every micro-batch: one more walk over every module, about
-        # 30 ms for an 8B model with adapters. Once this trainer has switched the model to training mode, the
+        # transformers calls model.train() before every micro-batch: one more walk over every module (thousands
+        # for an 8B model with adapters). Once this trainer has switched the model to training mode, the
         # call is skipped while the model stays in it (evaluation switches it to eval mode, so the first
         # micro-batch after an evaluation switches it back). A fresh PeftModel says training while its base
         # model is in eval mode, hence the first real call.

@@ -1,0 +1,235 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 03 · Your dataset
+#
+# **What you will learn**
+#
+# - how each data shape becomes training text: question/answer pairs, Alpaca-style instructions, conversations and raw text
+# - what a chat template is and what the model actually reads
+# - response-only masking: which tokens the loss trains on, made visible
+# - how long your examples are, and how to hold out 20% for testing
+#
+# Runs top to bottom in about half a minute on a laptop CPU with the tiny demo model; nothing needs a click.
+
+# %% [markdown]
+# ## Setup
+#
+# The first cell installs ftlib where it is missing (Colab, Kaggle) and does nothing where it is already
+# installed. ftlib is not on PyPI, so the cell installs it, with trl, bitsandbytes and the widgets, from a
+# copy of its repository: a clone found in this folder, a folder above it or one folder down (after
+# `!git clone <repository URL>` on Colab), or else the environment variable **`FTLIB_SOURCE`**: a git URL
+# (`git+https://...`), a wheel or a folder. Without either it stops and says what to do.
+#
+# The second cell checks the machine and picks the model:
+#
+# - no GPU, or no internet: `ftlib-tiny`, the small demo model that ships with ftlib and trains in a
+#   minute on a CPU;
+# - a GPU with internet: a real small instruct model (`Qwen/Qwen2.5-0.5B-Instruct`);
+# - set the environment variable **`FTLIB_MODEL`** to any Hugging Face model id or local folder to use
+#   that instead (and `FTLIB_LOAD_IN_4BIT=0` or `1` to choose 4-bit loading yourself).
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+import importlib.util, os, subprocess, sys
+from pathlib import Path
+here = Path.cwd()  # a copy of ftlib's repository counts here, in a folder above, or one down (a fresh clone)
+projects = [folder / "pyproject.toml" for folder in (here, *here.parents, *here.iterdir())]
+clones = [str(path.parent) for path in projects if path.is_file() and 'name = "ftlib"' in path.read_text()]
+source = clones[0] if clones else os.environ.get("FTLIB_SOURCE")  # a git URL, a wheel or a folder
+found = importlib.util.find_spec("ftlib")  # a bare clone folder named ftlib imports as an empty namespace
+if found is not None and found.origin is not None:
+    print("ftlib is already installed: nothing to do.")
+elif source:
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", source, "ftlib[notebooks]"], check=True)
+    print(f"Installed ftlib from {source}. If an import below fails, restart the runtime and run again.")
+else:
+    raise ModuleNotFoundError(f"ftlib is not installed and no copy of its repository is in {here}: clone or upload "
+                              "it there, or set FTLIB_SOURCE to a git URL, a wheel or a folder of it.")
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+from ftlib.environment import check_environment
+from ftlib.notebook import choose_model
+
+print(check_environment().summary())
+choice = choose_model()
+choice
+
+# %% [markdown]
+# This notebook only needs the tokenizer, which turns text into the numbers (tokens) a model reads.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+from ftlib.models import load_tokenizer
+
+tokenizer = load_tokenizer(choice.name, max_seq_length=256)
+print(f"{len(tokenizer)} tokens in the vocabulary; end of turn: {tokenizer.eos_token!r}")
+
+# %% [markdown]
+# ## 1. Question/answer pairs
+#
+# The usual shape: a question and the answer you want. `format_dataset` wraps each pair in the chat
+# template and returns columns you can read: `text` (everything the model sees), `prompt` (up to where
+# the answer starts) and `completion` (the answer).
+
+# %%
+# NBVAL_CHECK_OUTPUT
+from ftlib import format_dataset
+
+pairs = [{"question": "Headline: Velex shares jump after record sales\nDoes this headline impact Velex "
+                      "positively or negatively?", "answer": "positive"}]
+dataset = format_dataset(pairs, tokenizer)
+print(dataset.column_names)
+print(dataset[0]["text"])
+
+# %% [markdown]
+# ## 2. The chat template
+#
+# The markers around the question (a user turn, then an assistant turn, then an end-of-turn token) come
+# from the tokenizer's *chat template*. Training and chatting must use the same template, or the model
+# sees a format at inference it never saw in training. Here is the template applied to a conversation by
+# hand, stopped where the assistant should start writing:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+messages = [{"role": "system", "content": "Answer in one word."},
+            {"role": "user", "content": "Is the sky green?"}]
+print(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+
+# %% [markdown]
+# ## 3. Instructions in the Alpaca style
+#
+# Instruction data has an `instruction`, an optional `input` and an `output`. ftlib recognises the columns
+# and builds the user turn from instruction and input:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+instructions = [{"instruction": "Give the opposite of the word.", "input": "early", "output": "late"},
+                {"instruction": "Name a colour.", "input": "", "output": "blue"}]
+for text in format_dataset(instructions, tokenizer)["text"]:
+    print(text, end="\n---\n")
+
+# %% [markdown]
+# ## 4. Conversations
+#
+# Multi-turn chats come as lists of messages. Every assistant turn can be trained on, the user turns never:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+conversation = [{"messages": [
+    {"role": "user", "content": "Hi! Can you help me label headlines?"},
+    {"role": "assistant", "content": "Yes. Send me a headline."},
+    {"role": "user", "content": "Zanora profits fall sharply."},
+    {"role": "assistant", "content": "negative"}]}]
+chats = format_dataset(conversation, tokenizer)
+print(chats[0]["text"])
+
+# %% [markdown]
+# ## 5. Raw text
+#
+# To teach a model a style or a domain (code, documents) there is no question: the model learns to
+# continue the text, and every token is trained on. `prompt` and `completion` stay empty:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+documents = [{"text": "def add(a, b):\n    return a + b\n"},
+             {"text": "The river town holds a market every Friday."}]
+raw = format_dataset(documents, tokenizer)
+print(repr(raw[0]["text"]), repr(raw[0]["prompt"]), repr(raw[0]["completion"]))
+
+# %% [markdown]
+# ## 6. Response-only masking, made visible
+#
+# The `labels` column says which tokens the loss uses: a label of -100 means "not trained on". For
+# question/answer data only the answer and the end-of-turn token are trained; the question
+# is context the model reads but is not asked to reproduce. Without masking, most of the loss would be
+# spent on copying questions.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+from ftlib.data import show_example
+
+show_example(dataset, tokenizer)
+
+# %% [markdown]
+# Inside ⟦ ⟧ is what the model only reads; outside is what it learns to write: the answer and the
+# end-of-turn token that teaches it to stop. The same for the conversation: both assistant turns are
+# trained, neither user turn.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+show_example(chats, tokenizer)
+
+# %% [markdown]
+# ## 7. How long are the examples?
+#
+# Memory and time grow with sequence length, and examples longer than `max_seq_length` are cut. Look at
+# the lengths before choosing it. Here for the 1,024 training headlines of the demo task:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+from ftlib.data import length_report
+from ftlib.demo import load_headlines
+
+headlines = format_dataset(load_headlines("train"), tokenizer, verbose=False)
+print(length_report(headlines))
+lengths = [len(ids) for ids in headlines["input_ids"]]
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+import matplotlib.pyplot as plt
+
+plt.figure(figsize=(6, 2.5))
+plt.hist(lengths, bins=30)
+plt.xlabel("tokens per example")
+plt.ylabel("examples")
+plt.show()
+
+# %% [markdown]
+# Every headline fits in far fewer than 256 tokens, so `max_seq_length=256` cuts nothing and wastes no
+# memory; the guide's 2048 suits longer documents.
+#
+# ## 8. Hold out 20% for testing
+#
+# A model can look perfect on examples it trained on. Keep a part aside that training never sees:
+# `test_size=0.2` returns a `DatasetDict` with a "train" and a "test" split, and `train` evaluates on
+# the "test" split as it goes.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+split = format_dataset(load_headlines("train"), tokenizer, test_size=0.2, seed=3407)
+print({name: len(part) for name, part in split.items()})
+
+# %% [markdown]
+# ## Recap
+#
+# - Question/answer pairs, instructions, conversations and raw text all become one `text` per example.
+# - The chat template adds the role markers and the end-of-turn token; training and chatting must share it.
+# - Masking trains the loss on answers only (labels -100 elsewhere); raw text trains on every token.
+# - Check example lengths before choosing `max_seq_length`; hold out 20% to test on unseen examples.
+
+# %% [markdown]
+# ## Check yourself
+#
+# 1. What would the model learn if the questions were not masked out?
+# 2. Why must the end-of-turn token be trained on?
+# 3. Your examples are at most 180 tokens long. What happens with `max_seq_length=128`? With 4096?
+# 4. Why is a held-out score more trustworthy than the training loss?
+
+# %% [markdown]
+# ---
+#
+# **Next: [04 · Model parameters](04_model_parameters.ipynb)**
