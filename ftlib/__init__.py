@@ -37,6 +37,9 @@ _EXPORTS = {
     "push_to_hub": "ftlib.export",
     "estimate_memory": "ftlib.speed.memory",
     "FtlibError": "ftlib.errors",
+    "FtlibFileNotFoundError": "ftlib.errors",
+    "FtlibPermissionError": "ftlib.errors",
+    "FtlibOSError": "ftlib.errors",
 }
 
 __all__ = sorted(_EXPORTS)

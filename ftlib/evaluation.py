@@ -12,7 +12,7 @@ import os
 import unicodedata
 from dataclasses import dataclass, field
 
-from ftlib.checks import check_positive
+from ftlib.checks import check_flag, check_positive, check_tokenizer, non_finite_weights
 from ftlib.data.formatting import ensure_formatted, is_formatted
 from ftlib.errors import FtlibError
 
@@ -161,6 +161,12 @@ def evaluate(
             f"scorer must be a function taking (predicted, expected) and returning True/False or a score "
             f"from 0 to 1, got {type(scorer).__name__}: e.g. scorer=lambda predicted, expected: expected in predicted"
         )
+    check_flag("measure_loss", measure_loss)
+    check_flag("measure_accuracy", measure_accuracy)
+    check_tokenizer(tokenizer, "evaluate")
+    if not hasattr(model, "named_parameters") or not callable(getattr(model, "generate", None)):
+        raise FtlibError(f"evaluate needs the model that load_model returned, got {type(model).__name__}: "
+                         "evaluate(model, tokenizer, test_rows)")
     if not (measure_loss or measure_accuracy):
         raise FtlibError("measure_loss=False and measure_accuracy=False leave nothing to measure: keep one of them")
     if not measure_accuracy:
@@ -172,6 +178,10 @@ def evaluate(
             )
 
     rows = _as_formatted_rows(dataset, tokenizer, max_seq_length)[:max_examples]
+    if non_finite_weights(model, remember=True):
+        from ftlib.generation import non_finite_output_error
+
+        raise non_finite_output_error(model, "evaluate")
     examples = [
         {"prompt": row["prompt"], "expected": row["completion"], "predicted": None, "correct": None}
         for row in rows
@@ -263,6 +273,10 @@ def _held_out_loss(model, tokenizer, rows, examples, batch_size):
             "no example in the evaluation set has answer tokens to score (every label is -100): "
             "check that format_dataset kept the answers (is max_seq_length cutting them off?)"
         )
+    if not math.isfinite(total_loss):
+        from ftlib.generation import non_finite_output_error
+
+        raise non_finite_output_error(model, "evaluate")
     return total_loss / total_tokens
 
 

@@ -15,7 +15,8 @@ import threading
 
 import torch
 
-from ftlib.checks import check_positive
+from ftlib.checks import (check_flag, check_positive, check_range, check_tokenizer, describe_weights, is_number,
+                          non_finite_weights)
 from ftlib.errors import FtlibError
 from ftlib.data.templates import end_of_turn_marker
 
@@ -45,12 +46,23 @@ def _check_conversation(conversation, where):
             raise FtlibError(
                 f"{where}: message {index}'s content must be text, got {type(message['content']).__name__}"
             )
+    if conversation[-1]["role"] == "user":
+        _check_text(conversation[-1]["content"], f"{where}: the last message ({len(conversation) - 1}, the user's)")
+
+
+def _check_text(text, where):
+    if not text.strip():
+        raise FtlibError(
+            f"{where} is empty, so there is nothing for the model to answer: pass the question or instruction "
+            "as text, e.g. generate(model, tokenizer, 'Does this headline ...?')"
+        )
 
 
 def _split_batch(prompt_or_messages):
     """Return (list of prompts, each a str or a conversation; True when the caller passed one)."""
     value = prompt_or_messages
     if isinstance(value, str):
+        _check_text(value, "the prompt")
         return [value], True
     if _is_conversation(value):
         _check_conversation(value, "generate")
@@ -59,6 +71,7 @@ def _split_batch(prompt_or_messages):
         items = []
         for index, item in enumerate(value):
             if isinstance(item, str):
+                _check_text(item, f"prompt {index} of the batch")
                 items.append(item)
             elif _is_conversation(item):
                 _check_conversation(item, f"generate: conversation {index}")
@@ -185,20 +198,12 @@ def _decode_reply(tokenizer, token_ids, stop_ids):
 def _generation_config(model, tokenizer, max_new_tokens, temperature, top_p, min_p, top_k,
                        repetition_penalty, stop_ids):
     check_positive("max_new_tokens", max_new_tokens, "128 (short answers need ~16, paragraphs 256-512)")
-    for name, value in (("temperature", temperature), ("top_p", top_p), ("min_p", min_p), ("top_k", top_k),
-                        ("repetition_penalty", repetition_penalty)):
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise FtlibError(f"{name} must be a number, got {value!r}")
-    if temperature < 0:
-        raise FtlibError(f"temperature must be 0 or more, got {temperature!r}: 0 = greedy, 0.7-1.0 for variety")
-    if not 0 < top_p <= 1:
-        raise FtlibError(f"top_p must be in (0, 1], got {top_p!r}: 1.0 = off, 0.9 typical")
-    if not 0 <= min_p < 1:
-        raise FtlibError(f"min_p must be in [0, 1), got {min_p!r}: 0 = off, 0.05-0.1 typical")
-    if top_k < 0 or int(top_k) != top_k:
+    check_range("temperature", temperature, "0 (greedy) or 0.7-1.0 for variety", low=0)
+    check_range("top_p", top_p, "1.0 (off) or 0.9", low=0, high=1, low_open=True)
+    check_range("min_p", min_p, "0 (off) or 0.05-0.1", low=0, high=1, high_open=True)
+    if not (is_number(top_k) and top_k >= 0 and int(top_k) == top_k):
         raise FtlibError(f"top_k must be a whole number of 0 or more, got {top_k!r}: 0 = off, 40-50 typical")
-    if repetition_penalty <= 0:
-        raise FtlibError(f"repetition_penalty must be positive, got {repetition_penalty!r}: 1.0 = off")
+    check_positive("repetition_penalty", repetition_penalty, "1.0 (off) or 1.1-1.3 against loops", whole=False)
     if temperature == 0:
         chosen = [f"{name}={value!r}" for name, value, off in (("top_p", top_p, 1.0), ("min_p", min_p, 0.0),
                                                                ("top_k", top_k, 0)) if value != off]
@@ -292,18 +297,79 @@ class _StopWhenAsked:
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
+class _NonFiniteOutput(Exception):
+    """Raised inside model.generate when the first scores already hold a NaN or +inf."""
+
+
+def _scores_watch():
+    """A logits processor noting NaN or +inf scores (-inf is how sampling masks tokens out, so it is allowed).
+
+    The first step is checked at once (one synchronisation), so a model with broken weights fails before it
+    writes anything; later steps are only accumulated on the device and read once, after generation.
+    """
+    from transformers import LogitsProcessor
+
+    class ScoresWatch(LogitsProcessor):
+        def __init__(self):
+            self.seen = None
+
+        def __call__(self, input_ids, scores):
+            bad = torch.isnan(scores).any() | torch.isposinf(scores).any()
+            if self.seen is None and bool(bad):
+                raise _NonFiniteOutput()
+            self.seen = bad if self.seen is None else self.seen | bad
+            return scores
+
+        def found(self):
+            return self.seen is not None and bool(self.seen)
+
+    return ScoresWatch()
+
+
+def _check_weights(model, where):
+    """FtlibError for a model with NaN or infinite weights: its replies would be nonsense, often empty."""
+    if not isinstance(model, torch.nn.Module):
+        raise FtlibError(f"{where} needs the model that load_model returned, got {type(model).__name__}: "
+                         f"{where}(model, tokenizer, 'Hello')")
+    if non_finite_weights(model, remember=True):
+        raise non_finite_output_error(model, where)
+
+
+def non_finite_output_error(model, where="generate"):
+    """The FtlibError for a model whose outputs came out NaN or infinite: names the broken weights, or the overflow.
+
+    Example:
+        >>> raise non_finite_output_error(model, "evaluate")  # doctest: +SKIP
+    """
+    broken = non_finite_weights(model)
+    if broken:
+        return FtlibError(
+            f"{where}: the model's weights hold NaN or infinite values, in {describe_weights(broken)}, so its replies "
+            "would be nonsense (often empty): load the model again (or its last good save) with load_model; if "
+            "training made them, train again with a lower learning_rate"
+        )
+    dtype = str(next(model.parameters()).dtype).replace("torch.", "")
+    return FtlibError(
+        f"{where}: the model's outputs came out NaN or infinite although its weights are finite, so the numbers "
+        f"overflowed its {dtype} precision: load it with load_model(..., dtype='float32'), or dtype='bfloat16' "
+        "on a GPU that has it"
+    )
+
+
 def _stream_pieces(model, tokenizer, inputs, config, stop_ids):
     """Yield text pieces as they are generated. Joined, they equal the non-streaming reply exactly."""
-    from transformers import StoppingCriteriaList
+    from transformers import LogitsProcessorList, StoppingCriteriaList
 
     streamer = _QueueStreamer()
     reader_gone = threading.Event()
     failure = []
+    watch = _scores_watch()
 
     def work():
         try:
             with torch.inference_mode():
                 model.generate(**inputs, generation_config=config, streamer=streamer,
+                               logits_processor=LogitsProcessorList([watch]),
                                stopping_criteria=StoppingCriteriaList([_StopWhenAsked(reader_gone)]))
         except BaseException as error:  # re-raised in the caller's thread below
             failure.append(error)
@@ -329,6 +395,8 @@ def _stream_pieces(model, tokenizer, inputs, config, stop_ids):
     finally:
         reader_gone.set()  # also when the caller stopped reading early or pressed Ctrl-C
         thread.join()
+    if (failure and isinstance(failure[0], _NonFiniteOutput)) or (not failure and watch.found()):
+        raise non_finite_output_error(model) from (failure[0] if failure else None)
     if failure:
         raise failure[0]
     text = _decode_reply(tokenizer, token_ids, stop_ids)
@@ -337,6 +405,13 @@ def _stream_pieces(model, tokenizer, inputs, config, stop_ids):
 
 
 # ----------------------------------------------------------------------------- public API
+
+
+def _check_call_options(use_chat_template, seed, print_tokens):
+    check_flag("use_chat_template", use_chat_template)
+    check_flag("print_tokens", print_tokens)
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+        raise FtlibError(f"seed must be a whole number or None, got {seed!r}: try seed=0 for repeatable sampling")
 
 
 def generate(
@@ -366,12 +441,15 @@ def generate(
         'positive'
     """
     prompts, single = _split_batch(prompt_or_messages)
+    _check_call_options(use_chat_template, seed, print_tokens)
+    check_tokenizer(tokenizer, "generate")
     if print_tokens and not single:
         raise FtlibError(
             f"print_tokens=True prints one reply as it is written, but got a batch of {len(prompts)} prompts: "
             "pass one prompt, or leave print_tokens out for the batch"
         )
     texts = [build_prompt(tokenizer, prompt, use_chat_template) for prompt in prompts]
+    _check_weights(model, "generate")
     prepare_for_inference(model)
     stop_ids = stop_token_ids(model, tokenizer)
     config = _generation_config(model, tokenizer, max_new_tokens, temperature, top_p, min_p, top_k,
@@ -391,8 +469,16 @@ def generate(
         output.flush()
         return "".join(pieces)
 
-    with torch.inference_mode():
-        generated = model.generate(**inputs, generation_config=config)
+    from transformers import LogitsProcessorList
+
+    watch = _scores_watch()
+    try:
+        with torch.inference_mode():
+            generated = model.generate(**inputs, generation_config=config, logits_processor=LogitsProcessorList([watch]))
+    except _NonFiniteOutput as error:
+        raise non_finite_output_error(model) from error
+    if watch.found():
+        raise non_finite_output_error(model)
     new_tokens = generated[:, inputs["input_ids"].shape[1]:].tolist()
     replies = [_decode_reply(tokenizer, row, stop_ids) for row in new_tokens]
     return replies[0] if single else replies
@@ -421,9 +507,12 @@ def stream(
         ...     print(piece, end="", flush=True)
     """
     prompts, single = _split_batch(prompt_or_messages)
+    _check_call_options(use_chat_template, seed, False)
+    check_tokenizer(tokenizer, "stream")
     if not single:
         raise FtlibError("stream takes one prompt or one conversation; use generate for a batch")
     text = build_prompt(tokenizer, prompts[0], use_chat_template)
+    _check_weights(model, "stream")
     prepare_for_inference(model)
     stop_ids = stop_token_ids(model, tokenizer)
     config = _generation_config(model, tokenizer, max_new_tokens, temperature, top_p, min_p, top_k,
@@ -448,7 +537,8 @@ def chat(model, tokenizer, message, history=None, *, system_prompt=None, **gener
         >>> chat(model, tokenizer, "What did I just say?", history)  # doctest: +SKIP
     """
     if not isinstance(message, str) or not message.strip():
-        raise FtlibError(f"chat needs a non-empty message string, got {message!r}")
+        raise FtlibError(f"chat needs a non-empty message string, got {message!r}: pass what you want to say, "
+                         "e.g. chat(model, tokenizer, 'Hello!', history)")
     if history is None:
         history = []
     if not isinstance(history, list):

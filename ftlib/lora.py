@@ -3,7 +3,7 @@
 import torch
 
 from ftlib.speed import acceleration
-from ftlib.checks import check_checkpointing, check_positive
+from ftlib.checks import check_checkpointing, check_flag, check_positive, check_range
 from ftlib.errors import FtlibError
 
 # The attention and MLP projections of Llama-style models: adapting all seven works best for most tasks.
@@ -31,6 +31,11 @@ def add_lora(
         >>> model = add_lora(model, r=16, lora_alpha=16)
         trainable parameters: 41,943,040 of 8,072,204,288 (0.52%)
     """
+    if not isinstance(model, torch.nn.Module):
+        raise FtlibError(
+            f"add_lora needs the model that load_model returned, got {type(model).__name__}: "
+            "model, tokenizer = load_model(...); model = add_lora(model)"
+        )
     settings = getattr(model, "ftlib_settings", {})
     if settings.get("full_finetuning"):
         raise FtlibError(
@@ -45,8 +50,10 @@ def add_lora(
         )
     check_positive("r", r, "r=16 (8-64 typical)")
     check_positive("lora_alpha", lora_alpha, f"lora_alpha={r} (at least the rank)", whole=False)
-    if not isinstance(lora_dropout, (int, float)) or not 0 <= lora_dropout < 1:
-        raise FtlibError(f"lora_dropout must be at least 0 and below 1, got {lora_dropout!r}: try 0.0 or 0.05")
+    check_range("lora_dropout", lora_dropout, "0.0 or 0.05", low=0, high=1, high_open=True)
+    check_flag("use_rslora", use_rslora)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise FtlibError(f"seed must be a whole number, got {seed!r}: try seed=3407 (any fixed number repeats a run)")
     check_checkpointing("use_gradient_checkpointing", use_gradient_checkpointing)  # before the model changes
     target_modules = _check_targets(model, target_modules)
 
@@ -80,6 +87,11 @@ def add_lora(
 def _check_targets(model, target_modules):
     if isinstance(target_modules, str):
         target_modules = [target_modules]
+    if not isinstance(target_modules, (list, tuple, set)) or not all(isinstance(name, str) for name in target_modules):
+        raise FtlibError(
+            f"target_modules must be a list of layer names like ['q_proj', 'v_proj'], got {target_modules!r}: "
+            "leave it out to adapt all seven projections"
+        )
     target_modules = list(target_modules)
     linear_names = sorted({
         name.rsplit(".", 1)[-1]

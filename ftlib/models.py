@@ -10,15 +10,16 @@ generation uses.
 
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 from ftlib.speed import acceleration
-from ftlib.checks import check_positive
+from ftlib.checks import check_flag, check_positive
 from ftlib.demo import DEMO_ALIAS, REAL_ALIAS
 from ftlib.data.templates import end_of_turn_marker, resolve_template
-from ftlib.errors import FtlibError
+from ftlib.errors import FtlibError, FtlibFileNotFoundError
 from ftlib.gguf_cache import cached_copy
 
 
@@ -45,8 +46,14 @@ def load_model(
         >>> model, tokenizer = load_model("ftlib-tiny", load_in_4bit=False)
     """
     precision_left_default = load_in_4bit is None and not (load_in_8bit or full_finetuning)
+    for name, value in (("load_in_8bit", load_in_8bit), ("full_finetuning", full_finetuning),
+                        ("trust_remote_code", trust_remote_code)):
+        check_flag(name, value)
+    if load_in_4bit is not None:
+        check_flag("load_in_4bit", load_in_4bit)
     load_in_4bit = _check_precision(load_in_4bit, load_in_8bit, full_finetuning)
     check_positive("max_seq_length", max_seq_length, "2048")
+    _check_device_map(device_map)
 
     folder = _resolve(model_name, token, gguf_file)
     adapter_config = folder / "adapter_config.json" if folder is not None else None
@@ -72,15 +79,16 @@ def load_model(
 
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(
-        source,
-        dtype=torch_dtype,
-        quantization_config=quantization,
-        device_map=device_map if device_map is not None else ({"": 0} if device == "cuda" else None),
-        token=token,
-        trust_remote_code=trust_remote_code,
-    )
-    tokenizer = load_tokenizer(source, max_seq_length, token=token, trust_remote_code=trust_remote_code)
+    with explained_load_errors(source):
+        model = AutoModelForCausalLM.from_pretrained(
+            source,
+            dtype=torch_dtype,
+            quantization_config=quantization,
+            device_map=device_map if device_map is not None else ({"": 0} if device == "cuda" else None),
+            token=token,
+            trust_remote_code=trust_remote_code,
+        )
+        tokenizer = load_tokenizer(source, max_seq_length, token=token, trust_remote_code=trust_remote_code)
     _align_special_tokens(model, tokenizer)
     positions = getattr(model.config, "max_position_embeddings", None)
     if positions and max_seq_length > positions:
@@ -208,21 +216,27 @@ def _align_special_tokens(model, tokenizer):
 
 def _pick_dtype(dtype, device):
     if dtype is not None:
+        given = dtype
         if isinstance(dtype, str):
             names = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "half": "float16"}
             dtype = getattr(torch, names.get(dtype, dtype), None)
-        if not isinstance(dtype, torch.dtype):
+        if dtype not in (torch.bfloat16, torch.float16, torch.float32):
             raise FtlibError(
-                f"dtype must be None, 'bfloat16', 'float16' or 'float32', got {dtype!r}: "
+                f"dtype must be None, 'bfloat16', 'float16' or 'float32', got {given!r}: "
                 "None picks the fastest one your hardware supports"
             )
         if device == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
-            raise FtlibError(
-                "this GPU does not support bfloat16 (a T4, for instance): use dtype=None or dtype='float16'"
-            )
+            raise FtlibError("this GPU does not support bfloat16: use dtype=None or dtype='float16'")
+        from ftlib.environment import native_bf16
+
+        if device == "cuda" and dtype == torch.bfloat16 and not native_bf16():
+            print("note: this GPU emulates bfloat16 (no native support below compute capability 8.0, e.g. a T4), "
+                  "which is slow: dtype=None picks float16 here")
         return dtype
     if device == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        from ftlib.environment import auto_precision
+
+        return auto_precision()[0]  # bfloat16 where native (compute capability 8.0+), float16 on a T4
     return torch.float32
 
 
@@ -250,7 +264,8 @@ def _quantization_config(load_in_4bit, load_in_8bit, compute_dtype):
 def _load_adapter(folder, adapter_config, max_seq_length, dtype, load_in_4bit, load_in_8bit, token, device_map):
     from peft import PeftModel
 
-    base_name = json.loads(adapter_config.read_text()).get("base_model_name_or_path")
+    with explained_load_errors(folder):
+        base_name = json.loads(adapter_config.read_text()).get("base_model_name_or_path")
     if not base_name:
         raise FtlibError(
             f"{adapter_config} does not say which base model it belongs to (base_model_name_or_path): "
@@ -266,7 +281,8 @@ def _load_adapter(folder, adapter_config, max_seq_length, dtype, load_in_4bit, l
     tokenizer = load_tokenizer(folder if has_tokenizer else base_name, max_seq_length, token=token)
     if len(tokenizer) > base.get_input_embeddings().weight.shape[0]:
         base.resize_token_embeddings(len(tokenizer))
-    model = PeftModel.from_pretrained(base, str(folder), is_trainable=True)
+    with explained_load_errors(folder):
+        model = PeftModel.from_pretrained(base, str(folder), is_trainable=True)
     model.ftlib_settings = dict(settings, adapter=str(folder))
     model.eval()
     return model, tokenizer
@@ -293,13 +309,13 @@ def _resolve(model_name, token=None, gguf_file=None):
         return cached_copy(_gguf_path(name, path, gguf_file, token))
     if path.is_dir():
         if not any((path / marker).is_file() for marker in ("config.json", "adapter_config.json")):
-            raise FtlibError(
+            raise FtlibFileNotFoundError(
                 f"the folder {path} has neither config.json (a model) nor adapter_config.json (an adapter): "
                 "pass the folder that save_pretrained or ftlib.save wrote"
             )
         return path.resolve()
     if name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name:
-        raise FtlibError(
+        raise FtlibFileNotFoundError(
             f"no folder at {path}: check the path (relative paths start from {Path.cwd()}), "
             f"or use a Hub id like 'meta-llama/Llama-3.2-1B-Instruct', or '{DEMO_ALIAS}' for the demo model"
         )
@@ -312,15 +328,15 @@ def _gguf_path(name, path, gguf_file, token):
     if gguf_file is None:  # model_name is the file itself
         if path.is_file():
             return path
-        raise FtlibError(f"no GGUF file at {path}: check the path (relative paths start from {Path.cwd()})")
+        raise FtlibFileNotFoundError(f"no GGUF file at {path}: check the path (relative paths start from {Path.cwd()})")
     if path.is_dir():
         if (path / gguf_file).is_file():
             return path / gguf_file
         found = sorted(file.name for file in path.glob("*.gguf"))
         holds = f"it holds {', '.join(found)}" if found else "it holds no .gguf file"
-        raise FtlibError(f"no {gguf_file} in {path}: {holds}; pass gguf_file= one of the files in that folder")
+        raise FtlibFileNotFoundError(f"no {gguf_file} in {path}: {holds}; pass gguf_file= one of the files in that folder")
     if name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name:
-        raise FtlibError(f"no folder at {path}: check the path (relative paths start from {Path.cwd()})")
+        raise FtlibFileNotFoundError(f"no folder at {path}: check the path (relative paths start from {Path.cwd()})")
     from huggingface_hub import hf_hub_download
 
     try:
@@ -350,3 +366,133 @@ def _check_reachable_on_hub(name, token):
             f"load_model('./path/to/model'); if it is on the Hub, check the spelling and your network "
             f"(and pass token=... for a private model); for the offline demo model use '{DEMO_ALIAS}'."
         ) from error
+
+
+# ----------------------------------------------------------------------------- errors while loading
+
+_DEVICE_MAP_WORDS = ("auto", "balanced", "balanced_low_0", "sequential", "cpu", "disk", "meta")
+
+
+def _check_device_map(device_map):
+    """Refuse a device_map that names a GPU this machine lacks, or no device at all, before anything loads."""
+    if device_map is None:
+        return
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    for value in device_map.values() if isinstance(device_map, dict) else [device_map]:
+        index = _gpu_index(value)
+        if index == "invalid":
+            raise FtlibError(
+                f"device_map={device_map!r} is not a device: use None (the first GPU, else the CPU), 'auto' (spread "
+                "over the GPUs there are), 'cpu', 'cuda:0', or a dict of layer names to devices"
+            )
+        if index is not None and index >= count:
+            there = f"{count} GPU{'s' if count != 1 else ''} (cuda:0 to cuda:{count - 1})" if count else "no GPU"
+            raise FtlibError(
+                f"device_map={device_map!r} asks for GPU {index}, but this machine has {there}: leave device_map=None "
+                "to use the first GPU (or the CPU without one), or pick one it has"
+            )
+
+
+def _gpu_index(value):
+    """The CUDA index a device_map value names, None for another device, or "invalid"."""
+    if isinstance(value, bool):
+        return "invalid"
+    if isinstance(value, int):
+        return value if value >= 0 else "invalid"
+    if isinstance(value, str) and value in _DEVICE_MAP_WORDS:
+        return None
+    try:
+        device = value if isinstance(value, torch.device) else torch.device(value)
+    except (RuntimeError, TypeError, ValueError):
+        return "invalid"
+    return (device.index or 0) if device.type == "cuda" else None
+
+
+@contextmanager
+def explained_load_errors(source):
+    """Re-raise what transformers, peft or safetensors raise for a broken folder as an FtlibError naming it.
+
+    A missing weights file, a damaged one, a config.json that is not JSON: each message names the file and
+    what to do; the original error stays chained as the cause. FtlibError and out-of-memory pass unchanged.
+
+    Example:
+        >>> with explained_load_errors("my-model"):  # doctest: +SKIP
+        ...     model = AutoModelForCausalLM.from_pretrained("my-model")
+    """
+    try:
+        yield
+    except FtlibError:
+        raise
+    except Exception as error:
+        explained = _explain_load_error(source, error)
+        if explained is None:
+            raise
+        raise explained from error
+
+
+def _explain_load_error(source, error):
+    from safetensors import SafetensorError
+
+    folder = Path(str(source)).expanduser()
+    local = folder.is_dir()
+    where = str(folder) if local else f"'{source}'"
+    text = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
+    if isinstance(error, torch.OutOfMemoryError):
+        return None
+    if isinstance(error, json.JSONDecodeError) or "valid JSON" in str(error):
+        broken = _first_broken_json(folder) if local else None
+        name = broken or "a JSON file (config.json, tokenizer_config.json or adapter_config.json)"
+        return FtlibError(
+            f"{name} in {where} is not valid JSON ({text}): restore it from where the model came from (or save the "
+            "model again with save_pretrained / ftlib.save), then load again"
+        )
+    if isinstance(error, SafetensorError) or "safetensors" in text.lower() and "header" in text.lower():
+        broken = _first_broken_safetensors(folder) if local else None
+        name = broken or "a .safetensors weights file"
+        return FtlibError(
+            f"{name} in {where} is damaged or not a safetensors file ({text}): copy or download it again (a copy "
+            "cut short looks like this), or save the model again"
+        )
+    if isinstance(error, OSError) and local and not _has_weights(folder):
+        return FtlibFileNotFoundError(
+            f"{where} has no weights file (model.safetensors, model-*.safetensors with its index, or "
+            "pytorch_model.bin): copy the weights into it, or pass the folder that save_pretrained or "
+            "ftlib.save wrote"
+        )
+    if isinstance(error, RuntimeError) and "size mismatch" in text.lower():
+        return FtlibError(
+            f"the weights in {where} do not fit the shape its config.json describes ({text}): the folder mixes files "
+            "of two models; copy the model again, or save it again with save_pretrained / ftlib.save"
+        )
+    if isinstance(error, (OSError, ValueError, KeyError)):
+        return FtlibError(
+            f"could not load the model from {where} ({type(error).__name__}: {text}): check that the folder holds a "
+            "complete model (config.json, the weights, the tokenizer files) written by save_pretrained or ftlib.save"
+        )
+    return None
+
+
+def _first_broken_json(folder):
+    for path in sorted(folder.glob("*.json")):
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, OSError):
+            return path.name
+    return None
+
+
+def _first_broken_safetensors(folder):
+    from safetensors import safe_open
+
+    for path in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt"):
+                pass
+        except Exception:  # any failure to read the header is what we are looking for
+            return path.name
+    return None
+
+
+def _has_weights(folder):
+    patterns = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json", "*.pt", "*.gguf")
+    return any(any(folder.glob(pattern)) for pattern in patterns)

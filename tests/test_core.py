@@ -50,16 +50,14 @@ def test_missing_local_folder_is_named():
         load_model("./does-not-exist", load_in_4bit=False)
 
 
-@pytest.mark.parametrize("bf16_supported, expected", [(True, torch.bfloat16), (False, torch.float16)])
-def test_automatic_dtype_on_gpus(monkeypatch, bf16_supported, expected):
+def test_an_explicit_bfloat16_on_a_gpu_without_it_names_float16(monkeypatch):
     from ftlib.models import _pick_dtype
 
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: bf16_supported)
-    assert _pick_dtype(None, "cuda") == expected
+    # The automatic choice per GPU is tested in tests/test_environment.py with the device query faked.
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
     assert _pick_dtype(None, "cpu") == torch.float32
-    if not bf16_supported:
-        with pytest.raises(FtlibError, match="does not support bfloat16.*float16"):
-            _pick_dtype("bfloat16", "cuda")
+    with pytest.raises(FtlibError, match="does not support bfloat16.*float16"):
+        _pick_dtype("bfloat16", "cuda")
 
 
 def test_4bit_and_8bit_together_is_refused():

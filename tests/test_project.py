@@ -79,7 +79,8 @@ def test_console_script_and_extras_exist():
 # --- The wheel: what `pip install git+URL`, a wheel or a clone (non-editable) gives a Colab or Kaggle user ---
 
 DEMO_FILES = ["ftlib-tiny/model.safetensors", "ftlib-tiny/tokenizer.json", "ftlib-tiny/tokenizer_config.json",
-              "ftlib-tiny/config.json", "ftlib-tiny/chat_template.jinja", "headlines/train.jsonl", "headlines/test.jsonl"]
+              "ftlib-tiny/config.json", "ftlib-tiny/chat_template.jinja", "headlines/train.jsonl", "headlines/test.jsonl",
+              "samples/my_data.csv", "samples/my_data.jsonl"]
 PIP_ENVIRONMENT = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
 
 
@@ -116,7 +117,7 @@ def test_wheel_ships_the_demo_world_and_finds_it_outside_the_checkout(wheel, tmp
         sizes = {info.filename: info.file_size for info in archive.infolist()}
     # every demo file of the checkout, byte for byte the same size, inside the package
     data = ROOT / "data"
-    checkout_files = [path for folder in ("ftlib-tiny", "headlines") for path in (data / folder).iterdir()]
+    checkout_files = [path for folder in ("ftlib-tiny", "headlines", "samples") for path in (data / folder).iterdir()]
     assert {str(path.relative_to(data)) for path in checkout_files} >= set(DEMO_FILES)
     for path in checkout_files:
         assert sizes.get(f"ftlib/demo/data/{path.relative_to(data)}") == path.stat().st_size, path

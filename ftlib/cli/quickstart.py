@@ -38,9 +38,13 @@ def run_quickstart(output_dir="ftlib_outputs/quickstart", max_steps=None, exampl
         True
     """
     from ftlib import add_lora, format_dataset, load_model, save, train
+    from ftlib.checks import check_positive
     from ftlib.demo import DEMO_ALIAS, load_headlines, use_one_cpu_thread
     from ftlib.evaluation import evaluate
+    from ftlib.export.saving import check_target
 
+    check_positive("max_steps", max_steps, f"{QUICKSTART_SETTINGS['max_steps']} (the default)", allow_none=True)
+    check_target(Path(output_dir) / "adapter", overwrite=True)  # before the training whose adapter it keeps
     use_one_cpu_thread()
     started = time.perf_counter()
     output_dir = Path(output_dir)

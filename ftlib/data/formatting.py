@@ -19,6 +19,7 @@ import math
 import numbers
 import warnings
 
+from ftlib.checks import check_flag, check_positive, check_tokenizer
 from ftlib.errors import FtlibError
 from ftlib.data.lengths import LengthReport, default_max_seq_length, first_split, tokenizer_adds_bos
 from ftlib.data.readers import read_table
@@ -63,6 +64,7 @@ def format_dataset(
         >>> splits["train"][0]["text"].endswith(tokenizer.eos_token)
         True
     """
+    _check_options(tokenizer, train_on_responses_only, deduplicate, verbose, seed)
     if _is_splits(data):
         return _format_splits(data, tokenizer, locals())
     max_seq_length = _check_settings(tokenizer, max_seq_length, too_long, test_size)
@@ -95,6 +97,15 @@ def format_dataset(
     if verbose:
         print(_summary(spec, template_note, dataset, report, removed, result, test_size, seed))
     return result
+
+
+def _check_options(tokenizer, responses_only, deduplicate, verbose, seed):
+    check_tokenizer(tokenizer, "format_dataset")
+    for name, value in (("train_on_responses_only", responses_only), ("deduplicate", deduplicate),
+                        ("verbose", verbose)):
+        check_flag(name, value)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise FtlibError(f"seed must be a whole number, got {seed!r}: try seed=3407 (the same seed, the same split)")
 
 
 def _is_splits(data):
@@ -287,8 +298,13 @@ def marked_example(dataset, tokenizer, index=0):
         '⟦<|begin|><|user|>\\nShares rose. Impact?<|end|><|assistant|>\\n⟧positive<|end|>'
     """
     dataset = first_split(dataset)
-    if not 0 <= index < len(dataset):
-        raise FtlibError(f"index {index} is outside the dataset (0 to {len(dataset) - 1})")
+    if not _has_columns(dataset, ("input_ids", "labels")):
+        raise FtlibError(
+            "show_example reads format_dataset's output (its input_ids and labels), got raw data: "
+            "show_example(format_dataset(rows, tokenizer), tokenizer)"
+        )
+    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(dataset):
+        raise FtlibError(f"index {index!r} is outside the dataset: pass a whole number from 0 to {len(dataset) - 1}")
     example = dataset[index]
     runs, current, current_masked = [], [], None
     for token, label in zip(example["input_ids"], example["labels"]):
@@ -366,6 +382,7 @@ def length_report(dataset, tokenizer=None, *, max_seq_length=None):
         >>> print(length_report(dataset, tokenizer))
         Token lengths of 400 examples: min 18, median 24, 95th percentile 31, max 40; none longer ...
     """
+    check_positive("max_seq_length", max_seq_length, "2048, or None for the tokenizer's", allow_none=True)
     dataset = first_split(dataset)
     if tokenizer is None and not _has_columns(dataset, ("input_ids",)):
         raise FtlibError("length_report needs a tokenizer for unformatted data: length_report(data, tokenizer)")

@@ -14,7 +14,7 @@ import json
 import math
 import os
 
-from ftlib.errors import FtlibError
+from ftlib.errors import FtlibError, FtlibFileNotFoundError, FtlibPermissionError
 
 # Files read as one raw-text document each; a folder is searched for these (recursively).
 TEXT_EXTENSIONS = (
@@ -62,7 +62,7 @@ def read_table(data):
         'line 4 of train.jsonl'
     """
     if isinstance(data, (str, os.PathLike)):
-        table = _read_path(os.fspath(data))
+        table = _read_file_or_folder(os.fspath(data))
     elif hasattr(data, "to_list") and hasattr(data, "column_names"):  # datasets.Dataset
         table = Table([_clean(row) for row in data.to_list()])
     elif hasattr(data, "to_dict") and hasattr(data, "columns"):  # pandas.DataFrame
@@ -109,10 +109,33 @@ def _read_columns(columns):
     return Table([_clean({name: columns[name][index] for name in columns}) for index in range(count)])
 
 
+def _read_file_or_folder(path):
+    """_read_path, with what the operating system or a file's encoding refused named by file and fix."""
+    try:
+        return _read_path(path)
+    except FtlibError:
+        raise
+    except PermissionError as error:
+        raise FtlibPermissionError(
+            f"no permission to read {error.filename or path}: make the file readable (chmod u+r), or copy the data "
+            "to a folder of yours and pass that path"
+        ) from error
+    except UnicodeDecodeError as error:
+        raise FtlibError(
+            f"{path} is not UTF-8 text ({error.reason} at byte {error.start}): re-save it as UTF-8 (most editors "
+            "offer it under 'Save as'), then pass it again"
+        ) from error
+    except (OSError, ValueError) as error:  # e.g. a damaged .parquet file
+        raise FtlibError(
+            f"could not read {path} ({type(error).__name__}: {str(error)[:200]}): check that the file is complete "
+            f"and really {os.path.splitext(path)[1] or 'text'} data, or convert it to .jsonl"
+        ) from error
+
+
 def _read_path(path):
     if not os.path.exists(path):
         hint = " (to train on a string of text, pass it in a list: [text])" if len(path) > 200 or "\n" in path else ""
-        raise FtlibError(
+        raise FtlibFileNotFoundError(
             f"path does not exist: {path!r}{hint}. Check the spelling and the working directory "
             f"({os.getcwd()}); relative paths start there"
         )

@@ -23,8 +23,8 @@ from ftlib.errors import FtlibError
 
 GGUF_QUANTIZATIONS = {"q8_0": "Q8_0", "q4_k_m": "Q4_K_M", "f16": "F16"}
 
-# The llama-cpp-python release whose source package carries the converter; its llama.cpp reads SmolLM2,
-# Llama 3, Qwen 2/3, Gemma 2/3 and Mistral checkpoints.
+# The llama-cpp-python release whose source package carries the converter (its llama.cpp converts Llama,
+# SmolLM2, Mistral, Qwen 2/3, Gemma 2/3 and Phi-3 checkpoints; tested here on SmolLM2).
 CONVERTER_VERSION = "0.3.36"
 INSTALL_COMMAND = "ftlib install-gguf-converter"
 # What install_converter keeps from the package's vendor/llama.cpp/ folder.

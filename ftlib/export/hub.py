@@ -46,16 +46,32 @@ def check_repo_id(repo_id):
         raise FtlibError(f"repo_id must look like 'your-name/model-name', got {repo_id!r}")
 
 
-def push_to_hub(folder, repo_id, *, token=None, private=True, commit_message="Upload with ftlib"):
+def _saved_files(folder):
+    """The relative names ftlib_files.json lists (and itself), or None (everything) for a folder without it."""
+    import json
+
+    try:
+        listed = json.loads((folder / "ftlib_files.json").read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return sorted(listed) + ["ftlib_files.json"] if isinstance(listed, dict) else None
+
+
+def push_to_hub(folder, repo_id, *, token=None, private=True, commit_message="Upload with ftlib", files=None):
     """Upload a folder that `save` wrote to a Hub repository (created when missing); returns its URL.
 
-    The token is used for the upload only: never printed, logged or written into any file.
+    Only the files `save` wrote there are uploaded (those its ftlib_files.json lists, or `files`, relative
+    names), so a file of your own in the folder stays private. The token is used for the upload only:
+    never printed, logged or written into any file.
 
     Example:
         >>> push_to_hub("my-adapter", "your-name/my-adapter")  # doctest: +SKIP
         'https://huggingface.co/your-name/my-adapter'
     """
     check_repo_id(repo_id)
+    if not isinstance(folder, (str, os.PathLike)):
+        raise FtlibError(f"push_to_hub needs the folder that save wrote, got {type(folder).__name__}: "
+                         "push_to_hub('my-adapter', 'your-name/my-adapter')")
     folder = Path(folder)
     if not folder.is_dir():
         raise FtlibError(f"nothing to push: {folder} is not a folder; save the model there first")
@@ -65,7 +81,8 @@ def push_to_hub(folder, repo_id, *, token=None, private=True, commit_message="Up
     api = HfApi()
     try:
         api.create_repo(repo_id=repo_id, token=secret, private=private, exist_ok=True)
-        api.upload_folder(folder_path=str(folder), repo_id=repo_id, token=secret, commit_message=commit_message)
+        api.upload_folder(folder_path=str(folder), repo_id=repo_id, token=secret, commit_message=commit_message,
+                          allow_patterns=files if files is not None else _saved_files(folder))
     except Exception as error:
         message = str(error).replace(secret, "***")  # errors may echo request headers
         raise FtlibError(

@@ -7,15 +7,15 @@ in the environment variable FTLIB_SPEED_OFF, separated by commas, before the cal
     FTLIB_SPEED_OFF=fused_lora,nf4_kernel python my_training.py
     %env FTLIB_SPEED_OFF=fused_lora          # in a notebook, above the cells that load and train
 
-FTLIB_PLAIN=1 switches every option off at once, except the NaN guard's check, which guards a run rather
-than speeding it up. An unknown name raises FtlibError with the list of known names.
+FTLIB_PLAIN=1 switches every option off at once, except the NaN guard's checks (nan_guard, nan_restore),
+which guard a run rather than speed it up. An unknown name raises FtlibError with the list of known names.
 
 Each option asks `on(name)` where it is applied, so the variable counts when that call runs:
 
     load_model   liger, torch_rms_norm, expandable_segments
     add_lora     offload
-    train        fused_lora, siblings, unread_outputs, nf4_kernel, direct_dequant, adamw_8bit,
-                 varied_length_attention, nan_guard
+    train        fused_lora, siblings, unread_outputs, nf4_kernel, direct_dequant, adamw_8bit, labelled_logits,
+                 varied_length_attention, nan_guard, nan_restore
     backward     prefetch (each offloaded layer, as its recomputation starts)
 
 padding_free is not part of `train`; it applies where `acceleration.trainer_settings(model, padding_free=True)`
@@ -46,9 +46,12 @@ OPTIONS = {
     "expandable_segments": "growable CUDA memory segments: less reserved memory lost to fragmentation",
     "varied_length_attention": "flash attention instead of cuDNN's while rows of varying length train "
                                "(cuDNN plans anew for every new length)",
+    "labelled_logits": "on a CPU, output-layer logits only where a label is learned (off: at every position)",
     "nan_guard": "train's check of the gradients for NaN or inf before each optimizer step (one GPU sync a step)",
+    "nan_restore": "train's check of the trained weights after each optimizer step, and a copy of the last finite "
+                   "ones put back when a step turns them NaN or inf (one GPU sync and one copy a step)",
 }
-KEPT_BY_PLAIN = {"nan_guard"}  # a safeguard, not a speed-up: FTLIB_PLAIN=1 leaves it on
+KEPT_BY_PLAIN = {"nan_guard", "nan_restore"}  # safeguards, not speed-ups: FTLIB_PLAIN=1 leaves them on
 
 _parsed = (None, None, frozenset())  # (FTLIB_PLAIN, FTLIB_SPEED_OFF, names off) as last read
 
@@ -75,7 +78,7 @@ def plain_requested():
 
 
 def switched_off():
-    """The names of the options switched off now: FTLIB_SPEED_OFF's, and all but the NaN guard under FTLIB_PLAIN=1.
+    """The names of the options switched off now: FTLIB_SPEED_OFF's, and all but the NaN guard's under FTLIB_PLAIN=1.
 
     Example: `switched_off()  # frozenset({'fused_lora'}) under FTLIB_SPEED_OFF=fused_lora`
     """

@@ -8,6 +8,7 @@ began, why, and what to change:
 """
 
 import math
+import numbers
 from dataclasses import dataclass, field
 
 from ftlib.errors import FtlibError
@@ -90,6 +91,14 @@ def diagnose(history):
             f"diagnose takes the history that train() returned, got {type(history).__name__}: "
             "history = train(model, tokenizer, dataset); diagnose(history)"
         )
+    for name in ("steps", "loss", "learning_rate", "eval_steps", "eval_loss"):
+        values = getattr(history, name)
+        if not isinstance(values, (list, tuple)) or not all(
+                value is None or (isinstance(value, numbers.Real) and not isinstance(value, bool)) for value in values):
+            raise FtlibError(
+                f"history.{name} must be a list of numbers, got {values!r:.80}: pass the history that train() "
+                "returned (or TrainingHistory.from_dict of its to_dict())"
+            )
     if not history.loss:
         raise FtlibError(
             "this history has no logged training loss to read: train with logging_steps=1 (the default) "
@@ -117,10 +126,21 @@ def _diverged(history, learning_rate):
         "On a GPU without bf16 (e.g. a T4), fp16 can overflow: a lower learning rate usually fixes it.",
         "Check the data for broken examples (empty answers, every label masked).",
     ]
-    pairs = list(zip(history.steps, history.loss)) + list(zip(history.eval_steps, history.eval_loss))
-    bad_steps = [step for step, value in pairs if value is None or not math.isfinite(value)]
+    bad_steps = _non_finite_steps(history.steps, history.loss) + _non_finite_steps(history.eval_steps, history.eval_loss)
     if bad_steps or history.stopped_reason == "nan_loss":
         step = min(bad_steps) if bad_steps else (history.steps[-1] if history.steps else None)
+        if not _finite(history.loss):  # never a finite loss: broken before the first update
+            return Diagnosis(
+                "diverged", step,
+                f"The loss was NaN or infinite from the first logged step (step {step}), before any update could "
+                "have made it so: the model's weights held NaN or infinite values, or the data has examples "
+                "with nothing to learn.",
+                ["Load the model again with load_model (and add_lora): ftlib.checks.non_finite_weights(model) "
+                 "names weights that hold NaN or inf.",
+                 "Check the data for broken examples (empty answers, every label masked): "
+                 "ftlib.data.show_example(dataset, tokenizer).",
+                 f"Then train again; if the loss turns NaN later in the run, try {_lower_rate(learning_rate, 10)}."],
+            )
         return Diagnosis(
             "diverged", step,
             f"The loss became NaN or infinite at step {step}: the updates grew so large that the numbers "
@@ -160,6 +180,12 @@ def _diverged(history, learning_rate):
         "overshoots and undoes what was learned.",
         remedies,
     )
+
+
+def _non_finite_steps(steps, values):
+    """The steps whose logged value is NaN, infinite or missing (a value without its step counts by position)."""
+    return [steps[index] if index < len(steps) else index + 1 for index, value in enumerate(values)
+            if value is None or not math.isfinite(value)]
 
 
 def _climbed(value, lowest):

@@ -1,17 +1,24 @@
 """Step 6 of the guide: train, on TRL's SFTTrainer, and keep a history a plot or a diagnosis can read."""
 
 import math
+import os
+import shutil
+import tempfile
 import time
+from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 from transformers.trainer_callback import PrinterCallback
 
-from ftlib.checks import check_positive
+from ftlib.checks import (check_choice, check_flag, check_positive, check_range, check_tokenizer, describe_weights,
+                          non_finite_weights)
 from ftlib.data import ensure_formatted
-from ftlib.errors import FtlibError
+from ftlib.errors import FtlibError, FtlibPermissionError
 from ftlib.speed import acceleration
 from ftlib.speed.offloaded_checkpoint import release_return_buffers
 from ftlib.training import safety
+from ftlib.training.devices import train_on_one_gpu
 from ftlib.training.history import TrainingHistory
 from ftlib.training.trainer import (FtlibTrainer, HistoryCallback, ProgressCallback, keep_adapters_out_of_bfloat16,
                                     quiet_dataset_preparation)
@@ -36,7 +43,7 @@ def train(
     eval_dataset=None,  # held-out examples: their loss shows over-fitting that training loss hides
     eval_steps=None,  # with held-out data: evaluate every this many steps; None = about 10 times a run
     logging_steps=1,  # log the training loss every step: the live plot and the history use it
-    output_dir="outputs",  # checkpoints go here when save_steps is set
+    output_dir="outputs",  # checkpoint-N folders go here when save_steps is set (checked writable first); nothing else
     save_steps=None,  # save a checkpoint every this many steps so a stopped run can resume (early stopping
     # saves one at each evaluation by itself)
     resume=False,  # True continues from the last checkpoint in output_dir
@@ -50,6 +57,9 @@ def train(
 
     `dataset` is what `format_dataset` returned (a DatasetDict's "test" split becomes the held-out set),
     or raw rows, which are formatted first. The model learns in place; afterwards it is in eval mode.
+    Every setting, the output folder and the model (adapters present, no NaN or inf in its weights) are
+    checked before any weight changes; a step that turns the loss, gradients or weights NaN or infinite
+    stops the run with the last good weights put back (see ftlib/training/safety.py).
 
     Example:
         >>> history = train(model, tokenizer, format_dataset(rows, tokenizer), max_steps=60)
@@ -59,8 +69,12 @@ def train(
     max_steps = _steps(max_steps, num_train_epochs)
     _check_settings(per_device_train_batch_size, gradient_accumulation_steps, max_steps, num_train_epochs,
                     learning_rate, warmup_steps, save_steps, eval_steps, early_stopping_patience)
+    _check_more_settings(max_seq_length, logging_steps, lr_scheduler_type, weight_decay, optim, seed, output_dir,
+                         resume, callbacks, verbose)
+    check_tokenizer(tokenizer, "train")
     max_seq_length = max_seq_length or tokenizer.model_max_length
     train_dataset, eval_dataset = _prepare_datasets(dataset, eval_dataset, tokenizer, max_seq_length)
+    _check_model(model)
     _check_evaluation_settings(eval_dataset, eval_steps, save_steps, early_stopping_patience)
     checkpoint = _checkpoint_to_resume(output_dir) if resume else None
     by_epochs = num_train_epochs is not None
@@ -72,8 +86,14 @@ def train(
         save_steps = eval_steps  # the best checkpoint can only be kept if one is saved at each evaluation
     stopper, stopping_settings = (safety.early_stopping(early_stopping_patience)
                                   if early_stopping_patience is not None else (None, {}))
+    # Checkpoints go to output_dir, checked writable now, before any weight changes; a run without them
+    # gives the trainer a scratch folder, so nothing appears where the user did not ask for it.
+    checkpointing = bool(save_steps)
+    trainer_dir = _check_output_dir(output_dir) if checkpointing else tempfile.mkdtemp(prefix="ftlib-train-")
+    if checkpointing and verbose:
+        print(f"checkpoints: {trainer_dir.resolve()}{os.sep}checkpoint-N every {save_steps} steps")
     config = _trainer_config(model, dict(
-        output_dir=output_dir, per_device_train_batch_size=per_device_train_batch_size,
+        output_dir=str(trainer_dir), per_device_train_batch_size=per_device_train_batch_size,
         per_device_eval_batch_size=per_device_train_batch_size, gradient_accumulation_steps=gradient_accumulation_steps,
         max_steps=-1 if by_epochs else max_steps, num_train_epochs=num_train_epochs if by_epochs else 1,
         learning_rate=learning_rate, warmup_steps=warmup_steps, lr_scheduler_type=lr_scheduler_type,
@@ -87,10 +107,14 @@ def train(
     all_callbacks = [HistoryCallback(history), guard, *(callbacks or []),
                      *([ProgressCallback(history)] if verbose and not shows_progress else []),
                      *([stopper] if stopper is not None else [])]
-    with quiet_dataset_preparation():
-        trainer = FtlibTrainer(model=model, args=config, train_dataset=train_dataset, eval_dataset=eval_dataset,
-                               processing_class=tokenizer, callbacks=all_callbacks)
-    _run(trainer, model, history, checkpoint, [train_dataset, eval_dataset], max_seq_length)
+    try:
+        with quiet_dataset_preparation(), refused_settings("the trainer"):
+            trainer = FtlibTrainer(model=model, args=train_on_one_gpu(config), train_dataset=train_dataset,
+                                   eval_dataset=eval_dataset, processing_class=tokenizer, callbacks=all_callbacks)
+        _run(trainer, model, history, checkpoint, [train_dataset, eval_dataset], max_seq_length, output_dir)
+    finally:
+        if not checkpointing:
+            shutil.rmtree(trainer_dir, ignore_errors=True)
     if guard.triggered:
         print(guard.message)
     elif history.stopped_reason == "finished" and safety.stopped_early(stopper, trainer.state):
@@ -136,12 +160,32 @@ def _trainer_config(model, choices):
     settings.update(acceleration.trainer_settings(model))  # may replace defaults above (e.g. max_length)
     if optim is not None:
         settings["optim"] = optim
+    with refused_settings("TRL's SFTConfig"):
+        config = SFTConfig(**settings)
     acceleration.fuse_lora(model)
-    return SFTConfig(**settings)
+    return config
 
 
-def _run(trainer, model, history, checkpoint, datasets, max_seq_length):
-    """trainer.train(), keeping the history through an interrupt and turning out-of-memory into advice."""
+@contextmanager
+def refused_settings(what):
+    """Re-raise a ValueError from the trainer's own checks as FtlibError, naming the setting where it can.
+
+    ftlib checks every setting of `train` first; this catches what a newer TRL or transformers refuses beyond
+    those checks, so the user still gets an FtlibError with the original chained.
+    """
+    try:
+        yield
+    except FtlibError:
+        raise
+    except (ValueError, TypeError) as error:
+        raise FtlibError(
+            f"{what} refused these settings ({type(error).__name__}: {str(error)[:400]}): change the train(...) "
+            "argument it names, or leave it at its default"
+        ) from error
+
+
+def _run(trainer, model, history, checkpoint, datasets, max_seq_length, output_dir):
+    """trainer.train(), keeping the history through an interrupt, turning out-of-memory and full disks into advice."""
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; the progress line replaces it
     if trainer.args.fp16:
         keep_adapters_out_of_bfloat16(model)
@@ -152,18 +196,51 @@ def _run(trainer, model, history, checkpoint, datasets, max_seq_length):
             trainer.train(resume_from_checkpoint=checkpoint)
     except KeyboardInterrupt:
         history.stopped_reason = safety.STOPPED_INTERRUPTED
-        output_dir = trainer.args.output_dir
+        saved = trainer.args.save_strategy != "no"
         print(safety.interrupt_message(trainer.state.global_step, trainer.state.max_steps, output_dir,
-                                       safety.last_checkpoint(output_dir)))
+                                       safety.last_checkpoint(output_dir) if saved else None))
     except Exception as error:
         if safety.is_out_of_memory(error):
             raise safety.out_of_memory_error(error, _memory_settings(model, trainer.args)) from error
+        if isinstance(error, OSError):  # a checkpoint could not be written: the disk filled up, say
+            history.stopped_reason = "checkpoint_failed"
+            failure = (FtlibPermissionError if isinstance(error, PermissionError) else FtlibError)(
+                f"writing a checkpoint to {output_dir} failed at step {trainer.state.global_step} "
+                f"({type(error).__name__}: {error}): free disk space or pass output_dir= a folder with room, then "
+                "train again (resume=True continues from the last checkpoint); the model keeps the weights of step "
+                f"{trainer.state.global_step} and error.history holds the losses so far"
+            )
+            failure.history = history
+            raise failure from error
         raise
     finally:
         release_return_buffers()  # offloaded checkpointing's two layer-input buffers, for what comes next
         history.seconds = time.perf_counter() - started
         model.config.use_cache = True
         model.eval()
+
+
+def _check_output_dir(output_dir):
+    """Create `output_dir` if needed and prove it writable, before training: FtlibPermissionError when not."""
+    path = Path(output_dir).expanduser()
+    if path.exists() and not path.is_dir():
+        raise FtlibError(f"output_dir={str(output_dir)!r} is a file, not a folder: pass output_dir= a folder for the "
+                         "checkpoints, e.g. 'outputs'")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".ftlib-write-test-"):
+            pass
+    except PermissionError as error:
+        raise FtlibPermissionError(
+            f"train cannot write checkpoints to output_dir={str(output_dir)!r} ({error.strerror}): pass output_dir= "
+            "a folder you may write to, e.g. one under your home folder, or leave save_steps out to keep no checkpoints"
+        ) from error
+    except OSError as error:
+        raise FtlibError(
+            f"train cannot write checkpoints to output_dir={str(output_dir)!r} ({type(error).__name__}: "
+            f"{error.strerror or error}): pass output_dir= a folder you may write to, or leave save_steps out"
+        ) from error
+    return path
 
 
 def _checkpoint_to_resume(output_dir):
@@ -229,6 +306,68 @@ def _check_evaluation_settings(eval_dataset, eval_steps, save_steps, patience):
         )
 
 
+# The learning-rate schedules that run with train's settings alone (others need extra scheduler arguments).
+SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+              "inverse_sqrt")
+
+
+def _check_more_settings(max_seq_length, logging_steps, scheduler, weight_decay, optim, seed, output_dir, resume,
+                         callbacks, verbose):
+    check_positive("max_seq_length", max_seq_length, "None (load_model's max_seq_length) or 2048", allow_none=True)
+    check_positive("logging_steps", logging_steps, "1 (the loss of every step: the live plot and diagnose read it)")
+    check_choice("lr_scheduler_type", scheduler, SCHEDULERS, "'linear' (the default) or 'cosine'")
+    check_range("weight_decay", weight_decay, "0.01 (0-0.1 typical)", low=0)
+    if optim is not None:
+        from transformers.training_args import OptimizerNames
+
+        check_choice("optim", optim, [name.value for name in OptimizerNames],
+                     "None (8-bit AdamW on a GPU, AdamW on the CPU), 'adamw_torch' or 'adamw_8bit'")
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise FtlibError(f"seed must be a whole number, got {seed!r}: try seed=3407 (any fixed number repeats a run)")
+    if not isinstance(output_dir, (str, os.PathLike)) or not str(output_dir).strip():
+        raise FtlibError(f"output_dir must be a folder path like 'outputs', got {output_dir!r}")
+    check_flag("resume", resume)
+    check_flag("verbose", verbose)
+    from transformers import TrainerCallback
+
+    if callbacks is not None and (not isinstance(callbacks, (list, tuple)) or not all(
+            isinstance(callback, TrainerCallback) or (isinstance(callback, type) and issubclass(callback, TrainerCallback))
+            for callback in callbacks)):
+        raise FtlibError(
+            f"callbacks must be a list of transformers TrainerCallback objects, got {callbacks!r:.120}: e.g. "
+            "callbacks=[LiveLossPlot()]; wrap a single callback in a list"
+        )
+
+
+def _check_model(model):
+    """Refuse a model that training would harm or could not change, before any weight changes."""
+    if not isinstance(model, torch.nn.Module):
+        raise FtlibError(f"train needs the model that load_model (and add_lora) returned, got {type(model).__name__}")
+    trainable = sum(parameter.numel() for parameter in model.parameters() if parameter.requires_grad)
+    full = bool((getattr(model, "ftlib_settings", None) or {}).get("full_finetuning"))
+    if not hasattr(model, "peft_config") and not full:
+        total = sum(parameter.numel() for parameter in model.parameters())
+        raise FtlibError(
+            f"this model has no LoRA adapters and was not loaded with full_finetuning=True, so train would change "
+            f"{'all ' if trainable == total else ''}{trainable:,} of its weights in place: call model = add_lora(model) "
+            "first to train adapters, or load it with load_model(..., full_finetuning=True) for a full fine-tune "
+            "(then a gentler learning_rate, 1e-5 to 5e-5)"
+        )
+    if trainable == 0:
+        raise FtlibError(
+            "this model has no trainable weights (every weight is frozen), so training would change nothing: "
+            "call model = add_lora(model) on a base model, or load a saved adapter with load_model(folder), "
+            "which keeps it trainable"
+        )
+    broken = non_finite_weights(model)
+    if broken:
+        raise FtlibError(
+            f"the model holds NaN or infinite values before training, in {describe_weights(broken)}; every loss "
+            "would be NaN and training cannot repair them: load the model again with load_model (and add_lora), "
+            "and if an earlier run made them, train it with a lower learning_rate"
+        )
+
+
 def _check_settings(batch, accumulation, max_steps, epochs, learning_rate, warmup, save_steps, eval_steps, patience):
     check_positive("per_device_train_batch_size", batch, "2 (or 1 if memory is short)")
     check_positive("gradient_accumulation_steps", accumulation, "4 (effective batch = batch size x accumulation)")
@@ -236,14 +375,11 @@ def _check_settings(batch, accumulation, max_steps, epochs, learning_rate, warmu
         check_positive("max_steps", max_steps, "60, or set num_train_epochs=1 to train by passes over the data")
     else:
         check_positive("num_train_epochs", epochs, "1 to 3", whole=False)
-    if isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float)) or not learning_rate > 0 \
-            or math.isinf(learning_rate):
-        raise FtlibError(
-            f"learning_rate must be a positive number, got {learning_rate!r}: try 2e-4 for LoRA "
-            "(1e-4 to 5e-5 for gentler, longer runs)"
-        )
-    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-        raise FtlibError(f"warmup_steps must be a whole number of at least 0, got {warmup!r}: try 5")
+    check_positive("learning_rate", learning_rate, "2e-4 for LoRA (1e-4 to 5e-5 for gentler, longer runs)", whole=False)
+    if learning_rate > 10:  # no run trains there, and the optimizer's float32 arithmetic overflows
+        raise FtlibError(f"learning_rate={learning_rate:g} is far above any rate that trains (at most 10 is accepted): "
+                         "try 2e-4 for LoRA (1e-4 to 5e-5 for gentler, longer runs)")
+    check_range("warmup_steps", warmup, "5", low=0, whole=True)
     check_positive("save_steps", save_steps, "50 (a checkpoint every 50 steps)", allow_none=True)
     check_positive("eval_steps", eval_steps, "10, or None to evaluate about 10 times a run", allow_none=True)
     check_positive("early_stopping_patience", patience, "3 evaluations", allow_none=True)

@@ -13,6 +13,8 @@ import torch
 from transformers import EarlyStoppingCallback, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
+from ftlib.errors import FtlibError
+
 STOPPED_NON_FINITE = "nan_loss"  # TrainingHistory.stopped_reason when the guard stopped a run
 STOPPED_EARLY = "early_stopping"
 STOPPED_INTERRUPTED = "interrupted"
@@ -26,42 +28,63 @@ def _is_finite(value):
 
 
 class NonFiniteLossGuard(TrainerCallback):
-    """Stop training the moment the loss or the gradients turn NaN or infinite, and say why.
+    """Stop training the moment the loss, the gradients or the weights turn NaN or infinite, and keep the last good weights.
 
-    Checks two places every optimizer step:
+    Checks, every optimizer step:
       - the gradients, just before the optimizer applies them: a NaN loss makes NaN gradients, and one
         such update would overwrite every trained weight with NaN. The guard drops those gradients, so
-        the optimizer skips the step and the model keeps its last good weights. (Not with fp16: there the
-        loss scaler already skips overflowing steps on its own, which is normal and not an error.)
-      - each logged training loss (`logging_nan_inf_filter=False` must be set, or `Trainer` hides NaN losses
-        by replacing them with an average).
+        the optimizer skips the step. (Not with fp16: there the loss scaler already skips overflowing steps
+        on its own, which is normal and not an error.)
+      - the trainable weights, just after the update (a finite gradient times a huge learning rate can still
+        overflow them). Finite weights are copied as the last good ones; non-finite ones are stopped on.
+      - each logged loss, training and held-out (`logging_nan_inf_filter=False` must be set, or `Trainer`
+        hides NaN losses by replacing them with an average).
+    On any stop the copy is put back, so the model holds the weights of the last step whose weights were
+    all finite (`.good_step`, 0 for the weights it started with), whatever turned non-finite and when.
 
-    After a stop, `.triggered` is True and `.step`, `.reason` (a short label) and `.message` (what happened,
-    likely causes, fixes) describe it; the `history` passed in gets `stopped_reason = "nan_loss"`. The check of
-    the gradients is skipped with check_gradients=False or with the speed switch `nan_guard` off
-    (FTLIB_SPEED_OFF=nan_guard, ftlib/speed/switches.py); the loss is checked either way.
+    The copy costs memory the size of the trainable weights (a LoRA adapter's: a few MB to a few hundred);
+    it is kept only up to `copy_limit_bytes`, so a full fine-tune of a large model goes without, and then a
+    step that made its weights non-finite cannot be undone (the message says so). After a stop, `.triggered`
+    is True and `.step`, `.reason` (a short label) and `.message` (what happened, likely causes, fixes)
+    describe it; the `history` passed in gets `stopped_reason = "nan_loss"`. The speed switches turn parts
+    off (ftlib/speed/switches.py): `nan_guard` the check of the gradients, `nan_restore` the check of the
+    weights and their copy (FTLIB_SPEED_OFF=nan_guard,nan_restore); the loss is checked either way.
 
     Example:
         >>> guard = NonFiniteLossGuard(history=history)
     """
 
-    def __init__(self, history=None, check_gradients=True):
+    def __init__(self, history=None, check_gradients=True, copy_limit_bytes=2 * 1024**3):
         self.history = history  # a TrainingHistory to mark, or None
         self.check_gradients = check_gradients  # costs one pass over the trainable gradients per step
+        self.copy_limit_bytes = copy_limit_bytes  # largest copy of the trainable weights kept for restoring
         self.triggered = False
         self.step = None
         self.reason = None
         self.message = None
+        self.good_step = None  # the step whose weights the copy holds (None: no copy)
+        self.restored = False  # whether the weights of good_step were put back on the stop
         self._learning_rate = None
         self._fp16 = False
         self._check_now = check_gradients  # what on_train_begin decided, with the speed switch
+        self._weights = []  # the trainable weights, watched after every update
+        self._copy = None  # their last good values
 
-    def on_train_begin(self, args, state, control, **kwargs):
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
         from ftlib.speed.switches import on
 
         self._learning_rate = args.learning_rate
         self._fp16 = bool(getattr(args, "fp16", False))
         self._check_now = self.check_gradients and on("nan_guard")
+        self._weights, self._copy, self.good_step = [], None, None
+        if model is None or not on("nan_restore"):
+            return
+        self._weights = [parameter for parameter in model.parameters() if parameter.requires_grad]
+        size = sum(parameter.numel() * parameter.element_size() for parameter in self._weights)
+        if self._weights and size <= self.copy_limit_bytes and self._all_finite():
+            with torch.no_grad():
+                self._copy = [parameter.detach().clone() for parameter in self._weights]
+            self.good_step = state.global_step
 
     def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
         if not self._check_now or self._fp16 or optimizer is None or self.triggered:
@@ -83,6 +106,17 @@ class NonFiniteLossGuard(TrainerCallback):
                 parameter.grad = None  # the optimizer skips parameters without a gradient
         self._stop(state.global_step + 1, "the gradients", control)
 
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        if self.triggered or not self._weights:
+            return
+        if not self._all_finite():
+            self._stop(state.global_step + 1, "the weights", control)
+            return
+        if self._copy is not None:
+            with torch.no_grad():
+                torch._foreach_copy_(self._copy, [parameter.detach() for parameter in self._weights])
+            self.good_step = state.global_step + 1  # global_step counts this update only after this call
+
     def on_step_end(self, args, state, control, **kwargs):
         if self.triggered:
             # Log this step so the NaN shows in the history, and never checkpoint a broken run.
@@ -102,25 +136,57 @@ class NonFiniteLossGuard(TrainerCallback):
                 control.should_save = False
         return control
 
+    def _all_finite(self):
+        from ftlib.checks import all_finite
+
+        return all_finite(self._weights)
+
     def _stop(self, step, where, control):
         self.triggered = True
         self.step = step
         self.reason = STOPPED_NON_FINITE
-        self.message = non_finite_loss_message(step, where, self._learning_rate, self._fp16)
+        self.restored = self._restore()
+        self.message = non_finite_loss_message(step, where, self._learning_rate, self._fp16,
+                                               good_step=self.good_step if self.restored else None,
+                                               watched=bool(self._weights))
         control.should_training_stop = True
         control.should_save = False
         if self.history is not None:
             self.history.stopped_reason = STOPPED_NON_FINITE
 
+    def _restore(self):
+        """Put the last good weights back; False when there is no copy to put back."""
+        if self._copy is None:
+            return False
+        with torch.no_grad():
+            torch._foreach_copy_([parameter.detach() for parameter in self._weights], self._copy)
+        return True
 
-def non_finite_loss_message(step, where="the training loss", learning_rate=None, fp16=False):
-    """The explanation printed when training stops on a NaN/inf loss.
+
+def non_finite_loss_message(step, where="the training loss", learning_rate=None, fp16=False, good_step=None,
+                            watched=False):
+    """The explanation printed when training stops on a NaN/inf loss, gradient or weight.
+
+    `good_step` is the step whose weights the model was given back (0: the weights it started with), or None
+    when no copy was kept; `watched` says whether the weights were checked at all.
 
     Example:
-        >>> print(non_finite_loss_message(12, learning_rate=5e-3))
+        >>> print(non_finite_loss_message(12, learning_rate=5e-3, good_step=11))
     """
     lines = [f"Training stopped at step {step}: {where} became NaN or infinite, so nothing after it could be learned."]
-    lines.append("The model keeps the weights from the last good step; the history shows the losses so far.")
+    if good_step is not None:
+        kept = "the weights it started with" if good_step == 0 else f"the weights of step {good_step}"
+        lines.append(f"The model was given back {kept}, the last step whose weights were all finite; "
+                     "the history shows the losses so far.")
+    elif where == "the gradients":
+        lines.append(f"The update of step {step} was skipped, so the model keeps the weights it had before it; "
+                     "the history shows the losses so far.")
+    elif watched:
+        lines.append("The model's weights could not be put back (a copy of every trained weight was too large to "
+                     "keep): load the model again, or continue from a checkpoint with train(..., resume=True).")
+    else:
+        lines.append("The weights were not checked (the speed switch nan_restore is off): check them with "
+                     "ftlib.checks.non_finite_weights(model) before using the model.")
     lines.append("Likely causes and fixes:")
     if learning_rate is not None:
         lines.append(
@@ -152,8 +218,6 @@ def early_stopping(patience, threshold=0.0):
         >>> config = SFTConfig(eval_strategy="steps", eval_steps=10, save_steps=10, **settings)
     """
     if not isinstance(patience, int) or isinstance(patience, bool) or patience < 1:
-        from ftlib.errors import FtlibError
-
         raise FtlibError(
             f"early_stopping_patience must be a whole number of evaluations, at least 1, got {patience!r}: "
             "try early_stopping_patience=3 (stop after 3 evaluations without improvement)"
@@ -319,14 +383,18 @@ def out_of_memory_message(settings, figures=None):
     return "\n".join(lines)
 
 
-def out_of_memory_error(error, settings):
-    """A `torch.OutOfMemoryError` carrying `out_of_memory_message(settings)`; raise it `from error`.
+class FtlibOutOfMemoryError(FtlibError, torch.OutOfMemoryError):
+    """Out of GPU memory, with the fixes for the run's settings: an FtlibError that is also torch's OutOfMemoryError."""
 
-    Keeps the type, so code that catches `torch.OutOfMemoryError` still catches it.
+
+def out_of_memory_error(error, settings):
+    """An FtlibOutOfMemoryError carrying `out_of_memory_message(settings)`; raise it `from error`.
+
+    Keeps the type, so code that catches `torch.OutOfMemoryError` still catches it (and `FtlibError` too).
 
     Example:
         >>> raise out_of_memory_error(error, settings) from error
     """
     message = out_of_memory_message(settings)
     original = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return torch.OutOfMemoryError(f"{message}\n(original error: {original})")
+    return FtlibOutOfMemoryError(f"{message}\n(original error: {original})")

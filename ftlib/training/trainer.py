@@ -1,6 +1,7 @@
 """The trainer ftlib runs, and the callbacks that keep the history and print progress."""
 
 import functools
+import inspect
 import time
 from contextlib import contextmanager
 
@@ -9,9 +10,13 @@ from transformers import Trainer, TrainerCallback
 from trl import SFTTrainer
 from trl.trainer import utils as trl_utils
 
+from ftlib.speed import switches
+
 
 class FtlibTrainer(SFTTrainer):
     """TRL's SFTTrainer, with the model's own loss where TRL's fused loss head cannot run, and less Python per step.
+
+    It writes only checkpoints (checkpoint-N folders) into output_dir, never a model card there.
 
     TRL computes the loss with a Triton kernel, which needs a GPU; on a CPU (and where Triton is missing) the
     model's own cross-entropy gives the same loss. The FLOP count for the logs is computed from a parameter count
@@ -22,7 +27,17 @@ class FtlibTrainer(SFTTrainer):
         on_gpu = inputs["input_ids"].device.type in ("cuda", "xpu")
         if on_gpu and getattr(trl_utils, "_ChunkedLogProbFunction", None) is not None:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if not return_outputs and switches.on("labelled_logits") and "labels" in inputs:
+            loss = _loss_on_labelled_positions(model, inputs, num_items_in_batch if self.model_accepts_loss_kwargs
+                                               else None)
+            if loss is not None:
+                if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                    loss = loss * self.accelerator.num_processes  # as Trainer.compute_loss scales it
+                return loss
         return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+
+    def create_model_card(self, *args, **kwargs):
+        """Write no README.md: output_dir may hold the user's own, and `ftlib.save` writes the card beside the weights."""
 
     def floating_point_ops(self, inputs):
         # transformers recounts the parameters for every micro-batch, a walk over every module (thousands
@@ -46,6 +61,37 @@ class FtlibTrainer(SFTTrainer):
             return super().training_step(model, inputs, num_items_in_batch)
         finally:
             del model.train
+
+
+def _loss_on_labelled_positions(model, inputs, num_items_in_batch):
+    """The model's own causal-LM loss, with output-layer logits computed only where a label is learned.
+
+    Response-only training takes the loss on a few answer tokens per row, yet the model computes logits,
+    a (batch, length, vocabulary) tensor, at every position: for a 135M model with a 49,152-word vocabulary
+    that output layer is about a fifth of the work, nearly all of it for positions whose loss is ignored.
+    Positions where no row learns the next token are left out (`logits_to_keep` with their indices), and
+    the loss is transformers' own function on the rest, so the loss and the gradients are the same.
+    Returns None where this does not apply (no learned token, or a model without `logits_to_keep`).
+    """
+    from transformers.loss.loss_utils import ForCausalLMLoss
+
+    next_labels = torch.nn.functional.pad(inputs["labels"], (0, 1), value=-100)[:, 1:]
+    keep = (next_labels != -100).any(dim=0).nonzero().flatten()
+    if keep.numel() == 0 or not _accepts_logits_to_keep(model):
+        return None
+    outputs = model(**{name: value for name, value in inputs.items() if name != "labels"}, logits_to_keep=keep)
+    logits = outputs.logits
+    return ForCausalLMLoss(logits, None, logits.shape[-1], num_items_in_batch, shift_labels=next_labels[:, keep])
+
+
+@functools.cache
+def _forward_takes_logits_to_keep(model_class):
+    return "logits_to_keep" in inspect.signature(model_class.forward).parameters
+
+
+def _accepts_logits_to_keep(model):
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return _forward_takes_logits_to_keep(type(base))
 
 
 def _train_unless_training(model, mode=True):
