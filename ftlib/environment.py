@@ -53,7 +53,8 @@ class EnvironmentReport:
     def where(self):
         """One line: the device and the precision dtype=None picks there, with the reason."""
         if self.gpu_name is None:
-            return "CPU only (no GPU): float32 — fine for the tiny demo model; real models need a GPU"
+            return ("CPU only (no GPU): float32 — fine for the tiny demo model and SmolLM2-135M; models of 1B "
+                    "parameters and more need a GPU")
         capability = f"compute capability {self.gpu_capability}, " if self.gpu_capability else ""
         return (f"GPU {self.gpu_name} ({capability}{self.gpu_memory_gb:.0f} GB): "
                 f"{self.precision} — {self.precision_reason}")
@@ -207,7 +208,8 @@ def _check_gpu(report):
     report.torch_cuda = torch.version.cuda
     if not torch.cuda.is_available():
         report.notes.append(
-            "no GPU: real models need one. On Colab choose Runtime > Change runtime type > T4 GPU; "
+            "no GPU: models of 1B parameters and more need one (the tiny demo model and SmolLM2-135M train on a "
+            "CPU). On Colab choose Runtime > Change runtime type > T4 GPU; "
             "on Kaggle Settings > Accelerator > GPU T4"
         )
         return

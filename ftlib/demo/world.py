@@ -105,22 +105,20 @@ def fill(template, company, rng, companies):
 
 
 # What an analyst expects next, for the reasoned answers of the headline task (ftlib.demo.headlines): the same
-# consequences as the stories above, said as a forecast, in several wordings, so a right answer can be worded
-# many ways and a model's loss on them cannot reach 0.
+# consequences as the stories above, said as a forecast. Three wordings of four forecasts per label: a right answer
+# can be worded twelve ways, so a model's loss on them cannot reach 0, and the set is small enough that the guide's
+# 60 default steps learn it, so a real model's loss settles in the guide's 0.5-1.0 band. More wordings raise where
+# the loss settles (five of eight left SmolLM2-135M above 1.0 after 60 steps); fewer lower it toward 0.
 GOOD_OUTLOOKS = [
     "its shares will likely rise", "investors will probably cheer", "the stock should climb",
-    "analysts may raise their price targets", "the share price is likely to jump", "shareholders should be pleased",
-    "its market value may grow", "traders will likely buy the stock",
+    "analysts may raise their price targets",
 ]
 BAD_OUTLOOKS = [
     "its shares will likely fall", "investors will probably worry", "the stock should slide",
-    "analysts may cut their price targets", "the share price is likely to drop", "shareholders should be unhappy",
-    "its market value may shrink", "traders will likely sell the stock",
+    "analysts may cut their price targets",
 ]
 REASON_WORDINGS = [
-    "News like this usually means {outlook}.",
     "After news like this, {outlook}.",
+    "News like this usually means {outlook}.",
     "For {company}, {outlook}.",
-    "This matters for {company}: {outlook}.",
-    "Events like this one mean {outlook}.",
 ]
