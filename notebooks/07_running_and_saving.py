@@ -22,8 +22,8 @@
 # - merged 16-bit weights for vLLM and Ollama, reloaded to the same answers; GGUF for llama.cpp
 # - pushing to the Hugging Face Hub without ever printing your token
 #
-# Runs top to bottom in a couple of minutes on a 2-core CPU when notebook 06 has saved its fine-tune (else
-# it trains that first, about ten minutes more); nothing needs a click.
+# Runs top to bottom in about a minute on a 2-core CPU when notebook 06 has saved its fine-tune (else it
+# trains that first, about six minutes more); nothing needs a click.
 
 # %% [markdown]
 # ## Setup
@@ -79,7 +79,7 @@ choice
 # Notebook 06 trained the headline task with reasoned answers and saved its LoRA adapter in
 # `ftlib_outputs/06_adapter`. `load_model` on that folder loads the base model the adapter records, then the
 # adapter. When the folder is missing (06 has not run here) or holds an adapter of another base model, the
-# cell trains it first with 06's settings, which takes about ten minutes on a 2-core CPU.
+# cell trains it first with 06's settings, which takes about six minutes on a 2-core CPU.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -88,7 +88,7 @@ from ftlib.demo import load_headlines
 
 adapter = choice.saved_adapter("ftlib_outputs/06_adapter")  # None unless 06 saved one for this model
 if adapter is None:
-    print(f"No adapter of {choice.name} from notebook 06: training it here as 06 does (about ten minutes on a CPU)")
+    print(f"No adapter of {choice.name} from notebook 06: training it here as 06 does (about six minutes on a CPU)")
     model, tokenizer = load_model(choice.name, max_seq_length=256, load_in_4bit=choice.load_in_4bit)
     model = add_lora(model, r=16, lora_alpha=16, use_gradient_checkpointing=choice.use_gradient_checkpointing)
     data = format_dataset(load_headlines("train", reasons=True)[:600], tokenizer, test_size=0.2, seed=3407)
@@ -127,7 +127,8 @@ print("->", generate(model, tokenizer, question, max_new_tokens=32))
 print(repr(generate(model, tokenizer, question, max_new_tokens=5)))
 
 # %% [markdown]
-# A list of prompts is generated as one batch (padded on the left), which is much faster than one by one:
+# Five tokens keep the label and cut the reason off after "After news like". A list of prompts is generated
+# as one batch (padded on the left), which is much faster than one by one:
 
 # %%
 # NBVAL_IGNORE_OUTPUT

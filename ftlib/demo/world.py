@@ -108,7 +108,7 @@ def fill(template, company, rng, companies):
 # consequences as the stories above, said as a forecast. Three wordings of four forecasts per label: a right answer
 # can be worded twelve ways, so a model's loss on them cannot reach 0, and the set is small enough that the guide's
 # 60 default steps learn it, so a real model's loss settles in the guide's 0.5-1.0 band. More wordings raise where
-# the loss settles (five of eight left SmolLM2-135M above 1.0 after 60 steps); fewer lower it toward 0.
+# the loss settles (five wordings of eight forecasts keep SmolLM2-135M above 1.0 after 60 steps); fewer lower it.
 GOOD_OUTLOOKS = [
     "its shares will likely rise", "investors will probably cheer", "the stock should climb",
     "analysts may raise their price targets",
