@@ -5,11 +5,9 @@ import copy
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 import torch
