@@ -20,7 +20,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # ftlib from this checkout
 RESULTS, README = HERE / "results.json", HERE / "README.md"
 SYSTEMS = ("ftlib", "plain", "unsloth")
-VARIANTS = ("checkpointing", "padding_free", "off", "compile", "form")  # what sets a run apart from a default
+VARIANTS = ("checkpointing", "padding_free", "off", "compile", "form", "memory_budget_gb")  # what sets a run apart
+# from a default
 
 
 def load_calls(path=RESULTS):
@@ -75,10 +76,14 @@ def estimate_for(run):
     spec = run["spec"]
     # the mode the run used; runs that did not record it had True unless the spec chose another
     checkpointing = run.get("checkpointing", spec.get("checkpointing", True))
+    plan = run.get("memory_plan") or {}  # what train's memory budget chose, where add_lora left it "auto"
+    layers = {key: plan[key] for key in ("recomputed_layers", "offloaded_layers") if key in plan}
+    if checkpointing == "auto":
+        checkpointing = bool(plan.get("recomputed_layers", True)) and "offload"
     return estimate_memory(spec["shape"], "qlora" if spec["method"] == "qlora" else "lora",
-                           max_seq_length=spec["length"], per_device_train_batch_size=spec["batch"],
-                           use_gradient_checkpointing=checkpointing,
-                           float32_upcasting=spec["system"] == "plain")
+                           max_seq_length=plan.get("tokens_per_row", spec["length"]),
+                           per_device_train_batch_size=spec["batch"], use_gradient_checkpointing=checkpointing,
+                           float32_upcasting=spec["system"] == "plain", **layers)
 
 
 def _ratio(value, base):
@@ -206,6 +211,8 @@ def _label(spec):
     extra = []
     if "checkpointing" in spec:
         extra.append(f"use_gradient_checkpointing={spec['checkpointing']!r}")
+    if spec.get("memory_budget_gb"):
+        extra.append(f"memory_budget_gb={spec['memory_budget_gb']}")
     if spec.get("padding_free"):
         extra.append("padding-free")
     extra += [f"{name} off" for name in spec.get("off", ())]

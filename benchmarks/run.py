@@ -129,6 +129,7 @@ class _Meter:
         self.torch, self.device, self.pad_id = torch, device, pad_id
         self.pending_real, self.pending_slots = [], []
         self.step_seconds, self.step_tokens, self.step_slots, self.losses = [], [], [], []
+        self.completion_lengths = []
         self._started = None
         self.profile_step, self.profile_kind, self.profiler, self.profile_table = profile_step, profile_kind, None, None
         self.profile_gaps = None
@@ -168,6 +169,8 @@ class _Meter:
             def on_log(self, args, state, control, logs=None, **kwargs):
                 if logs and "loss" in logs:
                     meter.losses.append(float(logs["loss"]))
+                if logs and "completions/mean_length" in logs:  # GRPO: tokens generated per completion this step
+                    meter.completion_lengths.append(float(logs["completions/mean_length"]))
 
         return StepTimer()
 
@@ -292,6 +295,13 @@ def load_system(spec):
     if spec["system"] == "ftlib":
         from ftlib import add_lora, load_model
 
+        if spec["method"] == "full":  # every weight trained, 16-bit, no adapters
+            model, tokenizer = load_model(folder, max_seq_length=spec["max_seq_length"], dtype=dtype,
+                                          full_finetuning=True)
+            from ftlib.speed.acceleration import enable_gradient_checkpointing
+
+            enable_gradient_checkpointing(model, spec.get("checkpointing", True))  # add_lora's step, without adapters
+            return model, tokenizer, "ftlib.load_model(full_finetuning=True)"
         model, tokenizer = load_model(folder, max_seq_length=spec["max_seq_length"], dtype=dtype,
                                       load_in_4bit=quantized)
         chosen = {"use_gradient_checkpointing": spec["checkpointing"]} if "checkpointing" in spec else {}
@@ -317,16 +327,122 @@ def load_system(spec):
     return model, tokenizer, "transformers + peft (prepare_model_for_kbit_training, reentrant checkpointing)"
 
 
+def make_pairs(rows, length):
+    """DPO rows from token rows: the first half of a row is the prompt, its second half the chosen answer, the
+    second half reversed the rejected one, as <tN> words the benchmark's word-level tokenizer reads back one to one:
+    prompt + chosen and prompt + rejected are each `length` tokens (the row's length)."""
+    pairs = []
+    for row in rows:
+        half = len(row) // 2
+        words = [f"<t{token}>" for token in row]
+        pairs.append({"prompt": " ".join(words[:half]), "chosen": " ".join(words[half:]),
+                      "rejected": " ".join(reversed(words[half:]))})
+    return pairs
+
+
+def _train_dpo(spec, model, tokenizer, pairs, meter):
+    """DPO on the pairs: ftlib's train(method="dpo"), TRL's DPOTrainer (plain), or TRL's DPOTrainer patched by
+    Unsloth. LoRA everywhere with ref_model=None: the reference is the same base through a frozen adapter copy.
+    The token meter counts the reference's forward passes too, the same way for every system."""
+    from datasets import Dataset
+
+    dataset = Dataset.from_list(pairs)
+    if spec["system"] == "ftlib":
+        from ftlib import train
+
+        train(model, tokenizer, dataset, method="dpo", per_device_train_batch_size=spec["batch"],
+              gradient_accumulation_steps=spec["accumulation"], max_steps=spec["steps"], warmup_steps=0,
+              learning_rate=5e-6, max_seq_length=spec["length"], output_dir=tempfile.mkdtemp(prefix="bench-"),
+              callbacks=[meter.callback()], logging_steps=1, memory_budget_gb=spec.get("memory_budget_gb"))
+        return "ftlib.train(method='dpo')"
+    if spec["system"] == "unsloth":
+        from unsloth import PatchDPOTrainer
+
+        PatchDPOTrainer()
+    from trl import DPOConfig, DPOTrainer
+
+    config = DPOConfig(
+        output_dir=tempfile.mkdtemp(prefix="bench-"), per_device_train_batch_size=spec["batch"],
+        gradient_accumulation_steps=spec["accumulation"], max_steps=spec["steps"], learning_rate=5e-6,
+        warmup_steps=0, logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True, seed=3407,
+        bf16=spec["gpu"] and spec["dtype"] == "bfloat16", fp16=spec["gpu"] and spec["dtype"] == "float16",
+        max_length=spec["length"], optim="adamw_8bit" if spec["gpu"] else "adamw_torch", gradient_checkpointing=False)
+    trainer = DPOTrainer(model=model, ref_model=None, args=config, train_dataset=dataset, processing_class=tokenizer,
+                         callbacks=[meter.callback()])
+    from ftlib.training.log_probabilities import plain_log_probabilities_off_gpu
+
+    with plain_log_probabilities_off_gpu(model):  # TRL's log-probability kernel needs Triton, so a GPU
+        trainer.train()
+    return "trl DPOTrainer" + (" (patched by unsloth)" if spec["system"] == "unsloth" else "")
+
+
+def make_prompts(rows, length):
+    """GRPO prompts from token rows: a row's first `length` tokens as <tN> words, asked as one user message."""
+    return [{"prompt": [{"role": "user", "content": " ".join(f"<t{token}>" for token in row[:length])}]} for row in rows]
+
+
+def even_token_reward(completions, completion_ids, **kwargs):
+    """A reward a program computes in microseconds, and that varies within a group: the share of even token ids."""
+    return [sum(1 for token in ids if token % 2 == 0) / max(len(ids), 1) for ids in completion_ids]
+
+
+GRPO_BETA, GRPO_LEARNING_RATE = 0.04, 5e-6  # ftlib's GRPO default beta; a LoRA GRPO rate, the same for both systems
+
+
+def _train_grpo(spec, model, tokenizer, prompts, meter):
+    """GRPO on the prompts: ftlib's train(method="grpo") or TRL's GRPOTrainer (plain), LoRA with beta > 0 (the
+    reference through the adapters' frozen copy) and generation through transformers (no vLLM on the GPU host)."""
+    from datasets import Dataset
+
+    dataset = Dataset.from_list(prompts)
+    generations, completion_length = spec.get("generations", 8), spec.get("completion_length", 256)
+    if spec["system"] == "ftlib":
+        from ftlib import train
+
+        train(model, tokenizer, dataset, method="grpo", reward_functions=[even_token_reward],
+              num_generations=generations, max_completion_length=completion_length, beta=GRPO_BETA,
+              per_device_train_batch_size=spec["batch"], gradient_accumulation_steps=spec["accumulation"],
+              max_steps=spec["steps"], warmup_steps=0, learning_rate=GRPO_LEARNING_RATE,
+              max_seq_length=spec["length"] + completion_length + 16, output_dir=tempfile.mkdtemp(prefix="bench-"),
+              callbacks=[meter.callback()], logging_steps=1)
+        return "ftlib.train(method='grpo')"
+    from trl import GRPOConfig, GRPOTrainer
+
+    config = GRPOConfig(
+        output_dir=tempfile.mkdtemp(prefix="bench-"), per_device_train_batch_size=spec["batch"],
+        gradient_accumulation_steps=spec["accumulation"], max_steps=spec["steps"], learning_rate=GRPO_LEARNING_RATE,
+        warmup_steps=0, logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True, seed=3407,
+        bf16=spec["gpu"] and spec["dtype"] == "bfloat16", fp16=spec["gpu"] and spec["dtype"] == "float16",
+        optim="adamw_8bit" if spec["gpu"] else "adamw_torch", gradient_checkpointing=False,
+        num_generations=generations, max_completion_length=completion_length, beta=GRPO_BETA)
+    trainer = GRPOTrainer(model=model, reward_funcs=[even_token_reward], args=config, train_dataset=dataset,
+                          processing_class=tokenizer, callbacks=[meter.callback()])
+    from ftlib.training.log_probabilities import plain_log_probabilities_off_gpu
+
+    with plain_log_probabilities_off_gpu(model):  # TRL's log-probability kernel needs Triton, so a GPU
+        trainer.train()
+    return "trl GRPOTrainer"
+
+
 def _train(spec, model, tokenizer, rows, meter):
     """One training run on `rows` with the system's own trainer path; returns the path description."""
     from datasets import Dataset
 
+    if spec.get("objective") == "dpo":
+        return _train_dpo(spec, model, tokenizer, rows, meter)
+    if spec.get("objective") == "grpo":
+        return _train_grpo(spec, model, tokenizer, rows, meter)
     dataset = Dataset.from_dict({"input_ids": rows})
     if spec["system"] == "ftlib" and spec.get("padding_free"):
         # train does not ask for padding-free batching: TRL's trainer with the settings trainer_settings gives for it
         from ftlib.speed import acceleration
 
         settings = acceleration.trainer_settings(model, padding_free=True)
+        from ftlib.speed.memory_budget import plan_training
+
+        # the layers to recompute, as train chooses them (a padded batch's tokens bound a padding-free one's)
+        plan_training(model, [dataset], per_device_train_batch_size=spec["batch"], max_seq_length=spec["length"],
+                      optim=None, memory_budget_gb=spec.get("memory_budget_gb"))
         acceleration.fuse_lora(model)
         trainer = _plain_trainer_class(spec["gpu"])(
             model=model, processing_class=tokenizer, train_dataset=dataset,
@@ -340,8 +456,9 @@ def _train(spec, model, tokenizer, rows, meter):
         train(model, tokenizer, dataset, per_device_train_batch_size=spec["batch"],
               gradient_accumulation_steps=spec["accumulation"], max_steps=spec["steps"], warmup_steps=0,
               max_seq_length=spec["length"], output_dir=tempfile.mkdtemp(prefix="bench-"),
-              callbacks=[meter.callback()], logging_steps=1)
-        return "ftlib.train"
+              callbacks=[meter.callback()], logging_steps=1, memory_budget_gb=spec.get("memory_budget_gb"),
+              fsdp=spec.get("fsdp"))
+        return "ftlib.train" + (f" in {spec['processes']} processes (torchrun)" if spec.get("processes", 1) > 1 else "")
     if spec["system"] == "unsloth":
         from trl import SFTTrainer  # unsloth patched it on import
 
@@ -427,8 +544,10 @@ def _measure(spec):
     import torch
 
     result = {"spec": spec}
+    if spec["gpu"] and spec.get("processes", 1) > 1:  # this process's own GPU: its memory is what gets measured
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     if spec["gpu"] and spec.get("memory_cap_gb"):
-        total = torch.cuda.get_device_properties(0).total_memory
+        total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
         torch.cuda.set_per_process_memory_fraction(spec["memory_cap_gb"] * 2**30 / total)
     device = "cuda" if spec["gpu"] else "cpu"
     started = time.perf_counter()
@@ -447,8 +566,14 @@ def _measure(spec):
     vocab = model.get_input_embeddings().weight.shape[0]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     dtype = getattr(torch, spec["dtype"])
-    rows = make_rows(vocab, spec["batch"] * spec["accumulation"] * spec["steps"], spec["length"], spec["mix"])
+    processes = spec.get("processes", 1)  # each process takes its own rows of every global batch
+    rows = make_rows(vocab, spec["batch"] * spec["accumulation"] * spec["steps"] * processes, spec["length"],
+                     spec["mix"])
     result["parity_loss"] = _parity_loss(model, rows, device, dtype)
+    if spec.get("objective") == "dpo":  # the same token rows, as preference pairs of `length` tokens a side
+        rows = make_pairs(rows, spec["length"])
+    if spec.get("objective") == "grpo":  # one prompt of `length` tokens per group of `generations` completions
+        rows = make_prompts(rows[:len(rows) // spec.get("generations", 8) + 1], spec["length"])
     # With profile=True the last step runs under torch.profiler and is left out of the timings.
     meter = _Meter(model, pad_id, device, profile_step=spec["steps"] - 1 if spec.get("profile") else None,
                    profile_kind=spec["profile"] if spec.get("profile") in ("python", "gaps") else "torch")
@@ -458,16 +583,24 @@ def _measure(spec):
         torch.cuda.reset_peak_memory_stats()
     result["trained_by"] = _train(spec, model, tokenizer, rows, meter)
     result.update(_memory(torch))
+    if spec["system"] == "ftlib":  # the layers train chose to recompute and offload (add_lora's "auto")
+        result["memory_plan"] = (getattr(model, "ftlib_settings", None) or {}).get("memory_plan")
     warm, end = spec["warmup"], spec["steps"] - 1 if spec.get("profile") else None
     measured = meter.step_seconds[warm:end] or meter.step_seconds
     tokens = meter.step_tokens[warm:end] or meter.step_tokens
     median = statistics.median(measured)
     result.update(
         step_seconds=meter.step_seconds, step_tokens=meter.step_tokens, step_slots=meter.step_slots,
-        median_step_seconds=median, tokens_per_second=statistics.mean(tokens) / median,
+        median_step_seconds=median, tokens_per_second=statistics.mean(tokens) * processes / median,
+        processes=processes,  # tokens/s counts every process: this one's tokens x processes (fixed-length rows)
         first_loss=meter.losses[0] if meter.losses else None, last_loss=meter.losses[-1] if meter.losses else None,
         losses=meter.losses, profile=meter.profile_table, profile_gaps=meter.profile_gaps,
     )
+    if spec.get("objective") == "grpo":  # what limits GRPO: completions generated a second, optimizer steps a second
+        lengths = meter.completion_lengths[warm:end] or meter.completion_lengths
+        completions = spec["batch"] * spec["accumulation"]
+        result.update(completion_lengths=meter.completion_lengths, optimizer_steps_per_second=1 / median,
+                      generated_tokens_per_second=statistics.mean(lengths) * completions / median if lengths else None)
     if spec.get("longest"):
         result["longest"] = _longest_sequence(spec, model, tokenizer, meter)
     return result
@@ -522,9 +655,11 @@ def _one_step(spec, model, tokenizer, meter, length, tried):
 PLANS_FILE = HERE / "plans.toml"
 SYSTEMS = ("ftlib", "plain", "unsloth")
 RUN_KEYS = {"system", "shape", "method", "mix", "length", "batch", "accumulation", "steps", "warmup", "dtype", "gpu",
-            "memory_cap_gb", "max_seq_length", "longest", "checkpointing", "padding_free", "off", "profile", "repeat"}
-CHOICES = {"system": SYSTEMS, "shape": tuple(SHAPES), "method": ("qlora", "lora16"), "mix": ("fixed", "variable"),
-           "dtype": ("bfloat16", "float16", "float32"), "profile": ("torch", "gaps", "python")}
+            "memory_cap_gb", "max_seq_length", "longest", "checkpointing", "padding_free", "off", "profile", "repeat",
+            "memory_budget_gb", "objective", "processes", "fsdp", "generations", "completion_length"}
+CHOICES = {"system": SYSTEMS, "shape": tuple(SHAPES), "method": ("qlora", "lora16", "full"), "mix": ("fixed", "variable"),
+           "dtype": ("bfloat16", "float16", "float32"), "profile": ("torch", "gaps", "python"),
+           "objective": ("sft", "dpo", "grpo")}
 
 
 def make_spec(system, shape, method="qlora", mix="fixed", length=2048, **extra):
@@ -533,11 +668,13 @@ def make_spec(system, shape, method="qlora", mix="fixed", length=2048, **extra):
                 steps=6, warmup=2, dtype="bfloat16", gpu=True, max_seq_length=length)
     spec.update(extra)
     spec["name"] = "/".join(str(part) for part in (
-        system, shape, method, mix, spec["length"], spec["dtype"],
+        system, shape, method, spec.get("objective") if spec.get("objective") in ("dpo", "grpo") else "", mix, spec["length"], spec["dtype"],
         f"cap{spec['memory_cap_gb']}" if spec.get("memory_cap_gb") else "",
         "no-" + "-no-".join(spec["off"]) if spec.get("off") else "",
         f"ckpt-{spec['checkpointing']}" if "checkpointing" in spec else "",
+        f"budget{spec['memory_budget_gb']}" if spec.get("memory_budget_gb") else "",
         f"profile-{spec['profile']}" if spec.get("profile") else "",
+        f"x{spec['processes']}" if spec.get("processes", 1) > 1 else "", "fsdp" if spec.get("fsdp") else "",
         "padding-free" if spec.get("padding_free") else "", f"run{spec['repeat']}" if spec.get("repeat") else "")
         if part)
     return spec
@@ -567,9 +704,11 @@ def load_plans(path=PLANS_FILE):
             for key, allowed in CHOICES.items():
                 if key in settings and settings[key] not in allowed:
                     raise SystemExit(f"{where}: {key} = {settings[key]!r}, use one of {', '.join(allowed)}")
-            if settings.get("off") or settings.get("padding_free"):
+            if (settings.get("off") or settings.get("padding_free") or settings.get("memory_budget_gb")
+                    or settings.get("processes", 1) > 1 or settings.get("fsdp") or settings.get("method") == "full"):
                 if settings["system"] != "ftlib":
-                    raise SystemExit(f"{where}: off and padding_free are ftlib's options, not {settings['system']}'s")
+                    raise SystemExit(f"{where}: off, padding_free, memory_budget_gb, processes, fsdp and method 'full' "
+                                     f"are ftlib's options, not {settings['system']}'s")
                 names(",".join(settings.get("off", ())))  # an unknown option name stops here, with the list
             system, shape = settings.pop("system"), settings.pop("shape")
             specs.append(make_spec(system, shape, **settings))
@@ -663,7 +802,7 @@ def run_plan(specs, out_path, budget_seconds, workdir, keep_going=True):
         print(f"--- {spec['name']} ({left:.0f} s left)", flush=True)
         t0 = time.perf_counter()
         try:
-            process = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec), str(result_file)],
+            process = subprocess.run([*launcher(spec), __file__, "--worker", json.dumps(spec), str(result_file)],
                                      timeout=max(10, left), capture_output=True, text=True)
             log = (process.stdout + process.stderr)[-3000:]
             if result_file.is_file():
@@ -682,6 +821,14 @@ def run_plan(specs, out_path, budget_seconds, workdir, keep_going=True):
             break
     record(out_path, call, index)
     return call
+
+
+def launcher(spec):
+    """The command that starts a run's worker: Python, or torchrun with one process per GPU (`processes`)."""
+    processes = spec.get("processes", 1)
+    if processes == 1:
+        return [sys.executable]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
 
 
 def summary_line(result):
@@ -715,7 +862,8 @@ def main(argv=None):
     if args.worker:
         spec, result_file = json.loads(args.worker[0]), args.worker[1]
         result = worker(spec)
-        Path(result_file).write_text(json.dumps(result))
+        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun: one result, rank 0's
+            Path(result_file).write_text(json.dumps(result))
         return 0
     if args.list:
         for name, content in load_plans().items():

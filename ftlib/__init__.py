@@ -31,11 +31,20 @@ _EXPORTS = {
     "chat": "ftlib.generation",
     "stream": "ftlib.generation",
     "evaluate": "ftlib.evaluation",
+    "preference_accuracy": "ftlib.training.preference",  # after train(..., method="dpo")
+    "evaluate_rewards": "ftlib.training.grpo",  # before and after train(..., method="grpo")
+    "format_reward": "ftlib.training.rewards",  # ready reward functions for method="grpo"
+    "exact_answer_reward": "ftlib.training.rewards",
+    "close_answer_reward": "ftlib.training.rewards",
+    "length_guard": "ftlib.training.rewards",
+    "perplexity": "ftlib.training.pretraining",  # after train(..., method="pretrain")
     "compare": "ftlib.evaluation",
     "run_harness": "ftlib.harness",  # needs the harness extra: pip install "ftlib[harness]"
     "save": "ftlib.export",
     "push_to_hub": "ftlib.export",
     "estimate_memory": "ftlib.speed.memory",
+    "launch": "ftlib.training.distributed",  # several processes (GPUs) from a notebook
+    "plan_recomputation": "ftlib.speed.memory_budget",
     "FtlibError": "ftlib.errors",
     "FtlibFileNotFoundError": "ftlib.errors",
     "FtlibPermissionError": "ftlib.errors",

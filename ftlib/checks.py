@@ -116,14 +116,19 @@ def check_tokenizer(tokenizer, where):
 CHECKPOINTING_MODES = (True, False, "offload")
 
 
-def check_checkpointing(name, value):
-    """Raise FtlibError unless `value` is a gradient-checkpointing mode: True, False or "offload".
+def check_checkpointing(name, value, auto=False):
+    """Raise FtlibError unless `value` is a gradient-checkpointing mode: True, False or "offload" (and "auto",
+    train's choice by the memory budget, where `auto` is True).
 
     Example: `check_checkpointing("use_gradient_checkpointing", "yes")  # FtlibError naming the three modes`
     """
-    if not any(value is mode or (isinstance(mode, str) and value == mode) for mode in CHECKPOINTING_MODES):
-        raise FtlibError(f"{name} must be True, False or 'offload', got {value!r}: try 'offload' (the default, "
-                         "least GPU memory), True (layer inputs stay on the GPU, a little faster) or False "
+    modes = CHECKPOINTING_MODES + (("auto",) if auto else ())
+    if not any(value is mode or (isinstance(mode, str) and value == mode) for mode in modes):
+        first = ("'auto' (the default: as few layers recomputed as the GPU's memory allows), 'offload' (every layer "
+                 "recomputed, least GPU memory)" if auto else "'offload' (every layer recomputed, least GPU memory)")
+        named = "'auto', True, False or 'offload'" if auto else "True, False or 'offload'"
+        raise FtlibError(f"{name} must be {named}, got {value!r}: try "
+                         f"{first}, True (layer inputs stay on the GPU, a little faster) or False "
                          "(nothing recomputed, the most memory)")
 
 

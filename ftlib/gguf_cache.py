@@ -18,6 +18,7 @@ import os
 import shutil
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from ftlib.errors import FtlibError
@@ -119,9 +120,6 @@ def require_gguf_package():
 
 def convert(gguf_path, folder):
     """Write a GGUF file's model (de-quantised) and tokenizer into `folder` with save_pretrained."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    gguf_path = Path(gguf_path)
     options = {}
     try:  # newer transformers may keep GGUF blocks packed on a GPU; a copy on disk needs plain weights
         from transformers import GgufConfig
@@ -129,6 +127,13 @@ def convert(gguf_path, folder):
         options["quantization_config"] = GgufConfig(dequantize=True)
     except ImportError:  # older versions always de-quantise
         pass
+    with _quiet_progress_bars():  # one line before and after says what happens; bars per tensor would flood a notebook
+        _write_copy(Path(gguf_path), folder, options)
+
+
+def _write_copy(gguf_path, folder, options):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     source, name = str(gguf_path.parent), gguf_path.name
     model = AutoModelForCausalLM.from_pretrained(source, gguf_file=name, device_map=None, **options)
     quantizer = getattr(model, "hf_quantizer", None)
@@ -143,11 +148,56 @@ def convert(gguf_path, folder):
             "as safetensors: try a newer transformers (pip install -U transformers)"
         )
     model.save_pretrained(str(folder))
-    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=name)
+    with tempfile.TemporaryDirectory() as alone:
+        # Read the tokenizer from the file alone: tokenizer files beside it (an exported folder has them)
+        # make transformers mix the two and drop the special tokens and the chat template.
+        (Path(alone) / name).symlink_to(gguf_path.resolve())
+        tokenizer = AutoTokenizer.from_pretrained(alone, gguf_file=name)
+    _use_the_headers_special_tokens(tokenizer, gguf_path)
     # The conversion switches on a decoding clean-up ("word ." -> "word.") that transformers then skips,
     # with a warning at every decode, for BPE tokenizers; the models' own tokenizer files switch it off.
     tokenizer.clean_up_tokenization_spaces = False
     tokenizer.save_pretrained(str(folder))
+
+
+HEADER_TOKENS = {"bos_token": "tokenizer.ggml.bos_token_id", "eos_token": "tokenizer.ggml.eos_token_id",
+                 "unk_token": "tokenizer.ggml.unknown_token_id", "pad_token": "tokenizer.ggml.padding_token_id"}
+
+
+def _use_the_headers_special_tokens(tokenizer, gguf_path):
+    """Name the special tokens and chat template the GGUF header declares (transformers may mislabel EOS)."""
+    from gguf import GGUFReader
+
+    fields = GGUFReader(str(gguf_path)).fields
+    for attribute, key in HEADER_TOKENS.items():
+        if key in fields:
+            token_id = int(fields[key].contents())
+            if 0 <= token_id < len(tokenizer):
+                setattr(tokenizer, attribute, tokenizer.convert_ids_to_tokens(token_id))
+    if "tokenizer.chat_template" in fields and not tokenizer.chat_template:
+        tokenizer.chat_template = fields["tokenizer.chat_template"].contents()
+
+
+@contextmanager
+def _quiet_progress_bars():
+    """No progress bars from transformers while converting: its own switch, and the GGUF reader's plain tqdm."""
+    import functools
+
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    from transformers.utils import logging
+
+    shown = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    bar = getattr(gguf_utils, "tqdm", None)
+    if bar is not None:
+        gguf_utils.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        if bar is not None:
+            gguf_utils.tqdm = bar
+        if shown:
+            logging.enable_progress_bar()
 
 
 def _move_into_place(temporary, folder):

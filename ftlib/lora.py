@@ -18,8 +18,9 @@ def add_lora(
     lora_dropout=0.0,  # 0-0.1: a little dropout fights over-fitting on small datasets; 0 is fastest
     target_modules=ALL_PROJECTIONS,  # which linear layers get adapters; fewer = fewer parameters
     use_rslora=False,  # rank-stabilised scaling alpha/sqrt(r): helps at high ranks (64+)
-    use_gradient_checkpointing="offload",  # recompute activations (~25% more time, much less memory), layer
-    # inputs kept in CPU memory on a GPU; True keeps them on the GPU (32 x 33.5 MB for 8B at 2 x 2048); False: fastest
+    use_gradient_checkpointing="auto",  # "auto": train recomputes as few layers as the GPU's memory allows (a CPU:
+    # all); forced modes: "offload" recomputes every layer (~25% more time, much less memory), inputs kept in CPU
+    # memory; True keeps them on the GPU (32 x 33.5 MB for 8B at 2 x 2048); False recomputes nothing: fastest
     seed=3407,  # the adapters' initial weights: the same seed gives the same start, so runs repeat exactly
 ):
     """Attach LoRA adapters to `model`, freeze everything else, and report what will train.
@@ -54,7 +55,7 @@ def add_lora(
     check_flag("use_rslora", use_rslora)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise FtlibError(f"seed must be a whole number, got {seed!r}: try seed=3407 (any fixed number repeats a run)")
-    check_checkpointing("use_gradient_checkpointing", use_gradient_checkpointing)  # before the model changes
+    check_checkpointing("use_gradient_checkpointing", use_gradient_checkpointing, auto=True)  # before the model changes
     target_modules = _check_targets(model, target_modules)
 
     from peft import LoraConfig, get_peft_model
@@ -71,7 +72,7 @@ def add_lora(
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     acceleration.enable_gradient_checkpointing(model, use_gradient_checkpointing)
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), acceleration.dependencies_reading_old_checkpointing_names():
         torch.manual_seed(seed)
         model = get_peft_model(model, config)
     model.ftlib_settings = dict(settings, lora={

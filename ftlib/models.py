@@ -33,7 +33,7 @@ def load_model(
     load_in_8bit=False,  # half of the 16-bit weight memory; slower than 4-bit on most GPUs
     full_finetuning=False,  # train every weight: no quantization, most memory, no adapters
     token=None,  # Hub token for gated or private models; None uses HF_TOKEN or a saved login
-    device_map=None,  # None = the first GPU when there is one, else the CPU
+    device_map=None,  # None = the first GPU when there is one (each process its own under torchrun), else the CPU
     trust_remote_code=False,  # run model code shipped with a Hub repository: only for repos you trust
     gguf_file=None,  # a .gguf file inside the folder or Hub repo model_name: converted once, then cached
 ):
@@ -84,7 +84,7 @@ def load_model(
             source,
             dtype=torch_dtype,
             quantization_config=quantization,
-            device_map=device_map if device_map is not None else ({"": 0} if device == "cuda" else None),
+            device_map=device_map if device_map is not None else _default_device_map(device),
             token=token,
             trust_remote_code=trust_remote_code,
         )
@@ -110,6 +110,15 @@ def load_model(
         for parameter in model.parameters():
             parameter.requires_grad_(True)
     return model, tokenizer
+
+
+def _default_device_map(device):
+    """The whole model on this process's GPU: cuda:0, or cuda:LOCAL_RANK under torchrun / accelerate; None on a CPU."""
+    if device != "cuda":
+        return None
+    from ftlib.training.distributed import rank_device_map
+
+    return rank_device_map() or {"": 0}
 
 
 def _merged_save_note(folder):
@@ -281,7 +290,7 @@ def _load_adapter(folder, adapter_config, max_seq_length, dtype, load_in_4bit, l
     tokenizer = load_tokenizer(folder if has_tokenizer else base_name, max_seq_length, token=token)
     if len(tokenizer) > base.get_input_embeddings().weight.shape[0]:
         base.resize_token_embeddings(len(tokenizer))
-    with explained_load_errors(folder):
+    with explained_load_errors(folder), acceleration.dependencies_reading_old_checkpointing_names():
         model = PeftModel.from_pretrained(base, str(folder), is_trainable=True)
     model.ftlib_settings = dict(settings, adapter=str(folder))
     model.eval()

@@ -1,5 +1,9 @@
 # ---
 # jupyter:
+#   accelerator: GPU
+#   colab:
+#     gpuType: T4
+#     provenance: []
 #   jupytext:
 #     text_representation:
 #       extension: .py
@@ -14,6 +18,8 @@
 
 # %% [markdown]
 # # 04 · Model parameters
+#
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/ftlib/ftlib/blob/main/notebooks/04_model_parameters.ipynb)
 #
 # **What you will learn**
 #
@@ -30,9 +36,9 @@
 #
 # The first cell installs ftlib where it is missing (Colab, Kaggle) and does nothing where it is already
 # installed. ftlib is not on PyPI, so the cell installs it, with trl, bitsandbytes and the widgets, from a
-# copy of its repository: a clone found in this folder, a folder above it or one folder down (after
-# `!git clone <repository URL>` on Colab), or else the environment variable **`FTLIB_SOURCE`**: a git URL
-# (`git+https://...`), a wheel or a folder. Without either it stops and says what to do.
+# copy of its repository: a clone found in this folder, a folder above it or one folder down; else the
+# environment variable **`FTLIB_SOURCE`** (a git URL `git+https://...`, a wheel or a folder); else straight
+# from the repository's URL, `REPOSITORY` in the cell (a fork: put the fork's URL there, the one edit).
 #
 # The second cell checks the machine and picks the model:
 #
@@ -50,19 +56,17 @@
 # NBVAL_IGNORE_OUTPUT
 import importlib.util, os, subprocess, sys
 from pathlib import Path
+REPOSITORY = "https://github.com/ftlib/ftlib"  # where ftlib is installed from: a fork puts its own URL here
 here = Path.cwd()  # a copy of ftlib's repository counts here, in a folder above, or one down (a fresh clone)
 projects = [folder / "pyproject.toml" for folder in (here, *here.parents, *here.iterdir())]
 clones = [str(path.parent) for path in projects if path.is_file() and 'name = "ftlib"' in path.read_text()]
-source = clones[0] if clones else os.environ.get("FTLIB_SOURCE")  # a git URL, a wheel or a folder
+source = clones[0] if clones else os.environ.get("FTLIB_SOURCE", f"git+{REPOSITORY}")  # or a wheel, a folder
 found = importlib.util.find_spec("ftlib")  # a bare clone folder named ftlib imports as an empty namespace
 if found is not None and found.origin is not None:
     print("ftlib is already installed: nothing to do.")
-elif source:
+else:
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", source, "ftlib[notebooks]"], check=True)
     print(f"Installed ftlib from {source}. If an import below fails, restart the runtime and run again.")
-else:
-    raise ModuleNotFoundError(f"ftlib is not installed and no copy of its repository is in {here}: clone or upload "
-                              "it there, or set FTLIB_SOURCE to a git URL, a wheel or a folder of it.")
 
 # %%
 # NBVAL_IGNORE_OUTPUT

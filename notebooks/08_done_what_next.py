@@ -1,5 +1,9 @@
 # ---
 # jupyter:
+#   accelerator: GPU
+#   colab:
+#     gpuType: T4
+#     provenance: []
 #   jupytext:
 #     text_representation:
 #       extension: .py
@@ -15,6 +19,8 @@
 # %% [markdown]
 # # 08 · Done: what to try next
 #
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/ftlib/ftlib/blob/main/notebooks/08_done_what_next.ipynb)
+#
 # **What you will learn**
 #
 # - the whole path in six calls, on your own data file and a real model
@@ -27,9 +33,9 @@
 #
 # The first cell installs ftlib where it is missing (Colab, Kaggle) and does nothing where it is already
 # installed. ftlib is not on PyPI, so the cell installs it, with trl, bitsandbytes and the widgets, from a
-# copy of its repository: a clone found in this folder, a folder above it or one folder down (after
-# `!git clone <repository URL>` on Colab), or else the environment variable **`FTLIB_SOURCE`**: a git URL
-# (`git+https://...`), a wheel or a folder. Without either it stops and says what to do.
+# copy of its repository: a clone found in this folder, a folder above it or one folder down; else the
+# environment variable **`FTLIB_SOURCE`** (a git URL `git+https://...`, a wheel or a folder); else straight
+# from the repository's URL, `REPOSITORY` in the cell (a fork: put the fork's URL there, the one edit).
 #
 # The second cell checks the machine and picks the model:
 #
@@ -47,19 +53,17 @@
 # NBVAL_IGNORE_OUTPUT
 import importlib.util, os, subprocess, sys
 from pathlib import Path
+REPOSITORY = "https://github.com/ftlib/ftlib"  # where ftlib is installed from: a fork puts its own URL here
 here = Path.cwd()  # a copy of ftlib's repository counts here, in a folder above, or one down (a fresh clone)
 projects = [folder / "pyproject.toml" for folder in (here, *here.parents, *here.iterdir())]
 clones = [str(path.parent) for path in projects if path.is_file() and 'name = "ftlib"' in path.read_text()]
-source = clones[0] if clones else os.environ.get("FTLIB_SOURCE")  # a git URL, a wheel or a folder
+source = clones[0] if clones else os.environ.get("FTLIB_SOURCE", f"git+{REPOSITORY}")  # or a wheel, a folder
 found = importlib.util.find_spec("ftlib")  # a bare clone folder named ftlib imports as an empty namespace
 if found is not None and found.origin is not None:
     print("ftlib is already installed: nothing to do.")
-elif source:
+else:
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", source, "ftlib[notebooks]"], check=True)
     print(f"Installed ftlib from {source}. If an import below fails, restart the runtime and run again.")
-else:
-    raise ModuleNotFoundError(f"ftlib is not installed and no copy of its repository is in {here}: clone or upload "
-                              "it there, or set FTLIB_SOURCE to a git URL, a wheel or a folder of it.")
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -131,19 +135,20 @@ print(diagnose(history))
 # - **A larger model.** Set `FTLIB_MODEL` (for example `Qwen/Qwen2.5-1.5B-Instruct` or
 #   `meta-llama/Llama-3.2-3B-Instruct`) and rerun these notebooks on a GPU; notebook 05 tells you what fits.
 #
-# The guide's next steps, each explained, not run here: ftlib's `train` does supervised fine-tuning only,
-# and each of these needs other data, and most a GPU and hours.
+# The guide's next steps. Three have notebooks of their own, each through the same `train` call with another
+# `method=`; they run on the tiny model there, since each needs a GPU for a real model:
 #
-# - **Preference tuning (DPO, ORPO, KTO).** Instead of one right answer per prompt, show a *chosen* and a
-#   *rejected* answer and train the model to prefer the first (KTO needs only a thumbs up or down per
-#   answer). TRL's `DPOTrainer` and `KTOTrainer` (and `ORPOTrainer`, in `trl.experimental.orpo`) take such
-#   data, and a LoRA model from `add_lora` trains with them as it is.
-# - **Reasoning with GRPO.** Reinforcement learning from a reward you compute (is the maths answer right?
-#   does the code pass its tests?): the model samples several answers per prompt and learns from their
-#   scores. TRL's `GRPOTrainer`.
-# - **Continued pretraining.** Raw text of your domain (notebook 03, section 5, shows its shape) teaches
-#   vocabulary and style before an instruction fine-tune.
-# - **Vision.** Vision-language models fine-tune the same way, on pairs of images and text.
+# - **Preference tuning (DPO, ORPO, KTO)**, [notebook 09](09_preference_tuning.ipynb). Instead of one right answer
+#   per prompt, show a *chosen* and a *rejected* answer and train the model to prefer the first (KTO needs only a
+#   thumbs up or down per answer): `train(model, tokenizer, pairs, method="dpo")`.
+# - **Continued pretraining**, [notebook 10](10_continued_pretraining.ipynb). Raw text of your domain (notebook
+#   03, section 5, shows its shape) teaches vocabulary and style before an instruction fine-tune:
+#   `method="pretrain"`.
+# - **Reasoning with GRPO**, [notebook 11](11_reasoning_with_grpo.ipynb). Reinforcement learning from a reward
+#   you compute (is the maths answer right? does the code pass its tests?): the model samples several answers
+#   per prompt and learns from their scores: `method="grpo"` with reward functions.
+# - **Vision** (explained, not run: it needs a vision-language model and image data). Vision-language models
+#   fine-tune the same way, on pairs of images and text.
 #
 # A preference pair looks like this; the prompt is shared, the answers compete:
 
@@ -175,4 +180,4 @@ for key, value in pair.items():
 # %% [markdown]
 # ---
 #
-# **Back to the start: [01 · Understand fine-tuning](01_understand_fine_tuning.ipynb) — or open the README for the command-line tools.**
+# **Next: [09 · Preference tuning](09_preference_tuning.ipynb) — the first of the guide's next steps.**

@@ -222,7 +222,7 @@ def test_out_of_memory_message_names_figures_and_fixes_for_the_settings():
     assert "per_device_train_batch_size=4 with gradient_accumulation_steps=2" in message
     assert "max_seq_length=2048" in message
     assert "load_in_4bit=True" in message
-    assert "use_gradient_checkpointing=\"offload\") (the default)" in message
+    assert "use_gradient_checkpointing=\"offload\"): recompute activations" in message
     assert "r=16" in message
 
     quantised = safety.out_of_memory_message(
@@ -230,6 +230,8 @@ def test_out_of_memory_message_names_figures_and_fixes_for_the_settings():
          "use_gradient_checkpointing": True}, figures={})
     assert "per_device_train_batch_size=" not in quantised and "load_in_4bit=True" not in quantised
     assert "offload" in quantised
+    budgeted = safety.out_of_memory_message({"use_gradient_checkpointing": "auto"}, figures={})
+    assert "memory_budget_gb" in budgeted and 'use_gradient_checkpointing="offload"' in budgeted
 
     assert safety.is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory"))
     assert safety.is_out_of_memory(RuntimeError("CUDA error: out of memory"))

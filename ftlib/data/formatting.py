@@ -69,6 +69,8 @@ def format_dataset(
         return _format_splits(data, tokenizer, locals())
     max_seq_length = _check_settings(tokenizer, max_seq_length, too_long, test_size)
     table = read_table(data)
+    if shape is None and _preference_columns(table.rows):
+        return _format_preferences(table.rows, _preference_columns(table.rows), test_size, seed, verbose)
     spec = choose_shape(table.rows, shape, question_column, answer_column, text_column)
     places = [table.place(index) for index in range(len(table.rows))]
     examples = [to_example(row, spec, place, system_prompt) for row, place in zip(table.rows, places)]
@@ -96,6 +98,33 @@ def format_dataset(
         part.ftlib_shape, part.ftlib_length_report = spec.shape, report
     if verbose:
         print(_summary(spec, template_note, dataset, report, removed, result, test_size, seed))
+    return result
+
+
+def _preference_columns(rows):
+    """("prompt", "chosen", "rejected") for DPO/ORPO rows, ("prompt", "completion", "label") for KTO's, else None."""
+    from ftlib.training.preference import KTO_COLUMNS, PAIR_COLUMNS
+
+    keys = set(rows[0]) if rows and isinstance(rows[0], dict) else set()
+    return next((columns for columns in (PAIR_COLUMNS, KTO_COLUMNS) if set(columns) <= keys), None)
+
+
+def _format_preferences(rows, columns, test_size, seed, verbose):
+    """Preference rows checked (row number, what was wrong, the fix) and kept as text: TRL's DPO, ORPO and KTO
+    trainers apply the chat template and tokenize them. train(..., method="dpo" | "orpo" | "kto") takes the result."""
+    from datasets import Dataset
+
+    from ftlib.training.preference import check_preference_rows
+
+    shape = "preference pairs" if "chosen" in columns else "kto"
+    dataset = Dataset.from_list(check_preference_rows(rows, columns, "data"))
+    result = _split(dataset, test_size, seed) if test_size is not None else dataset
+    for part in result.values() if test_size is not None else [result]:
+        part.ftlib_shape = shape
+    if verbose:
+        method = "method='dpo' or 'orpo'" if shape == "preference pairs" else "method='kto'"
+        print(f"Checked {len(dataset)} rows of shape {shape} ({', '.join(columns)}); kept as text for "
+              f"train(..., {method}), which tokenizes them with the chat template.")
     return result
 
 

@@ -121,10 +121,33 @@ def load_headlines(split="train", *, reasons=False):
     """
     if split not in HEADLINE_SPLITS:
         raise FtlibError(f'unknown headline split {split!r}: use "train" or "test"')
-    path = DATA_FOLDER / "headlines" / f"{split}{'_reasons' if reasons else ''}.jsonl"
+    return read_rows(DATA_FOLDER / "headlines" / f"{split}{'_reasons' if reasons else ''}.jsonl", "ftlib.demo.headlines")
+
+
+def read_rows(path, script):
+    """The rows of one .jsonl file of the demo data; a missing file names the `script` that writes it.
+
+    Example:
+        >>> len(read_rows(DATA_FOLDER / "headlines" / "test.jsonl", "ftlib.demo.headlines"))
+        64
+    """
+    path = Path(path)
     if not path.is_file():
-        raise FtlibError(
-            f"the headline data is missing: {path} does not exist. Rebuild it with "
-            "`python -m ftlib.demo.headlines`"
-        )
+        raise FtlibError(f"the demo data is missing: {path} does not exist. Rebuild it with `python -m {script}`")
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def write_rows(folder, named_rows):
+    """Write each list of rows as `folder`/<name>.jsonl, one JSON object a line; returns {name: path}.
+
+    Example:
+        >>> write_rows("/tmp/demo", {"train": [{"text": "a"}]})  # doctest: +SKIP
+        {'train': PosixPath('/tmp/demo/train.jsonl')}
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, rows in named_rows.items():
+        paths[name] = folder / f"{name}.jsonl"
+        paths[name].write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return paths

@@ -15,7 +15,7 @@ import json
 import random
 from pathlib import Path
 
-from ftlib.demo import CHECKOUT_DATA
+from ftlib.demo import CHECKOUT_DATA, write_rows
 from ftlib.demo.world import (BAD_EVENTS, BAD_OUTLOOKS, GOOD_EVENTS, GOOD_OUTLOOKS, REASON_WORDINGS, company_names,
                               fill)
 
@@ -143,10 +143,7 @@ def write_splits(folder=OUTPUT_FOLDER, **settings):
     for split, rows in splits.items():
         written[split] = _public(rows)
         written[f"{split}_reasons"] = with_reasons(rows, reasons_rng)
-    paths = {}
-    for name, rows in written.items():
-        paths[name] = folder / f"{name}.jsonl"
-        paths[name].write_text("".join(json.dumps(row) + "\n" for row in rows))
+    paths = write_rows(folder, written)
     (folder / "README.md").write_text(README.format(train=len(splits["train"]), test=len(splits["test"]),
                                                     example=json.dumps(written["test"][0]),
                                                     reasoned=json.dumps(written["test_reasons"][0])))

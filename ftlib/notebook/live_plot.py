@@ -7,6 +7,7 @@ IPython) it prints a progress line now and then instead.
 """
 
 import io
+import math
 import time
 
 from transformers import TrainerCallback
@@ -17,18 +18,26 @@ class LiveLossPlot(TrainerCallback):
 
     Example:
         >>> history = train(model, tokenizer, dataset, callbacks=[LiveLossPlot()])
+        >>> history = train(model, tokenizer, pairs, method="dpo", callbacks=[LiveLossPlot(method="dpo")])
+
+    metrics: other logged numbers to draw in a second panel beside the loss, e.g. ["rewards/margins"]
+    (held-out values, logged as "eval_<name>", are drawn too); method: a train method whose main metrics
+    are drawn when metrics is None (DPO: rewards/margins and rewards/accuracies).
     """
 
     shows_progress = True  # train() can skip its own printed progress lines when this callback is present
 
-    def __init__(self, title="Loss while training", redraw_seconds=1.0, figsize=(6.4, 3.2)):
+    def __init__(self, title="Loss while training", redraw_seconds=1.0, figsize=(6.4, 3.2), metrics=None, method=None):
         self.title = title
+        self.metrics = list(metrics) if metrics is not None else _main_metrics(method)
         self.redraw_seconds = redraw_seconds  # a PNG costs ~30 ms: redrawing every step would slow tiny runs
         self.figsize = figsize
         self._reset()
 
     def _reset(self):
         self.steps, self.loss, self.eval_steps, self.eval_loss = [], [], [], []
+        # name -> (steps, values), for each metric and its held-out "eval_" twin
+        self.metric_points = {name: ([], []) for metric in self.metrics for name in (metric, f"eval_{metric}")}
         self.max_steps = 0
         self.step = 0
         self.start_time = time.time()
@@ -62,6 +71,10 @@ class LiveLossPlot(TrainerCallback):
         if "eval_loss" in logs:
             self.eval_steps.append(state.global_step)
             self.eval_loss.append(float(logs["eval_loss"]))
+        for name, (steps, values) in self.metric_points.items():
+            if isinstance(logs.get(name), (int, float)):
+                steps.append(state.global_step)
+                values.append(float(logs[name]))
         # Held-out points are rare and worth seeing at once; training points are drawn at most once a second.
         if "eval_loss" in logs or time.time() - self._last_draw >= self.redraw_seconds:
             self._draw()
@@ -77,8 +90,10 @@ class LiveLossPlot(TrainerCallback):
         """Return a matplotlib Figure of the losses seen so far (also kept as `self.figure`)."""
         from matplotlib.figure import Figure
 
-        figure = Figure(figsize=self.figsize, dpi=90)
-        ax = figure.add_subplot(1, 1, 1)
+        width, height = self.figsize
+        panels = 2 if self.metrics else 1
+        figure = Figure(figsize=(width * (1.6 if panels == 2 else 1), height), dpi=90)
+        ax = figure.add_subplot(1, panels, 1)
         if self.steps:
             ax.plot(self.steps, self.loss, label="training loss", color="tab:blue")
         if self.eval_steps:
@@ -86,14 +101,30 @@ class LiveLossPlot(TrainerCallback):
         ax.set_xlabel("step")
         ax.set_ylabel("loss")
         ax.set_xlim(0, max(self.max_steps, self.step, 1))
-        ax.set_ylim(bottom=0)  # loss near 0 means memorising: keep 0 in view so it shows
+        # loss near 0 means memorising: keep 0 in view so it shows (a GRPO loss can go below 0: keep that in view too)
+        ax.set_ylim(bottom=min([0.0, *(value for value in self.loss if math.isfinite(value))]))
         ax.set_title(self.title)
         ax.grid(alpha=0.3)
         if self.steps or self.eval_steps:
             ax.legend(loc="upper right")
+        if self.metrics:
+            self._draw_metrics(figure.add_subplot(1, 2, 2))
         figure.tight_layout()
         self.figure = figure
         return figure
+
+    def _draw_metrics(self, ax):
+        """The method's own numbers (a DPO run's reward margin, say), held-out ones dashed."""
+        for name, (steps, values) in self.metric_points.items():
+            if steps:
+                ax.plot(steps, values, "o--" if name.startswith("eval_") else "-",
+                        label=name.replace("eval_", "held-out "))
+        ax.set_xlabel("step")
+        ax.set_xlim(0, max(self.max_steps, self.step, 1))
+        ax.set_title(", ".join(self.metrics))
+        ax.grid(alpha=0.3)
+        if any(steps for steps, _ in self.metric_points.values()):
+            ax.legend(loc="best", fontsize="small")
 
     def png(self):
         """The current plot as PNG bytes."""
@@ -170,6 +201,15 @@ def format_duration(seconds):
     hours, rest = divmod(seconds, 3600)
     minutes, seconds = divmod(rest, 60)
     return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
+
+
+def _main_metrics(method):
+    """What a train method logs beside its loss and is worth watching, e.g. DPO's rewards/margins."""
+    if method is None:
+        return []
+    from ftlib.training.run import plug_in
+
+    return list(plug_in(method).main_metrics)
 
 
 def _running_in_ipython():

@@ -6,4 +6,5 @@
     nf4_kernel.py            a one-pass Triton kernel that unpacks 4-bit (NF4) weights
     offloaded_checkpoint.py  gradient checkpointing whose saved layer inputs wait in CPU memory
     memory.py                estimate_memory: the peak GPU memory of a run, before anything loads
+    memory_budget.py         how many layers train recomputes (and offloads) to fit the GPU's memory
 """

@@ -18,7 +18,8 @@ What ftlib does on a CUDA GPU, and why:
   waits on Python. Or "offload" (ftlib/speed/offloaded_checkpoint.py): the same, with each layer's saved
   input copied to CPU memory and back without the CPU waiting, which frees most of the GPU memory the layer
   inputs took (an 8B model at 2 x 2,048 tokens keeps 32 of them, 33.5 MB each; two return buffers stay).
-  Neither needs float32 inputs.
+  Neither needs float32 inputs. Only as many layers as the GPU's memory needs are recomputed, the rest keep
+  their activations (add_lora's default "auto"; ftlib/speed/memory_budget.py chooses, `checkpoint_layers` applies).
 - Padding-free batching, where asked: sequences of a batch are laid end to end instead of padded to the
   longest, so no compute is spent on padding (the attention mask keeps them apart).
 - 8-bit AdamW: optimizer state in 2 bytes per trainable number instead of 8.
@@ -38,6 +39,7 @@ FTLIB_PLAIN=1 all of them (to compare, or to rule them out). benchmarks/README.m
 """
 
 import contextlib
+import dataclasses
 import importlib.util
 import os
 import sys
@@ -217,21 +219,26 @@ def enable_gradient_checkpointing(model, mode=True):
     mode: True = reentrant checkpointing (the least Python work per layer); "offload" = the same, with each
     layer's input kept in CPU memory until the backward pass (one layer input less per layer on the GPU; on a
     CPU it is plain reentrant checkpointing; True while the switch `offload` is off); False = off (fastest,
-    most memory). All forms give the same loss and gradients; the frozen embedding layer's output is made to
+    most memory); "auto" = "offload" until train recomputes only the layers its memory budget needs
+    (ftlib/speed/memory_budget.py, `checkpoint_layers`). All forms give the same loss and gradients; the frozen
+    embedding layer's output is made to
     require gradients so the checkpointed layers pass gradients on to the adapters.
     """
     from ftlib.checks import check_checkpointing
 
-    check_checkpointing("use_gradient_checkpointing", mode)
+    check_checkpointing("use_gradient_checkpointing", mode, auto=True)
+    chosen = mode
+    if mode == "auto":  # every layer recomputed until train picks the layers by its memory budget
+        mode = "offload"
     if mode == "offload" and not on("offload"):
         mode = True
     base = _base_model(model)
-    base._ftlib_gradient_checkpointing = mode
+    base._ftlib_gradient_checkpointing = "auto" if chosen == "auto" else mode
     if not mode:
-        if getattr(base, "is_gradient_checkpointing", False):
-            base.gradient_checkpointing_disable()
+        if is_checkpointing(base):
+            _switch_checkpointing(base, enable=False)
         return model
-    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+    _switch_checkpointing(base, enable=True)
     from ftlib.speed.offloaded_checkpoint import offloaded_checkpoint, reentrant_checkpoint
 
     for module in base.modules():  # both report their recomputation, so fused LoRA can leave out unread work
@@ -241,6 +248,88 @@ def enable_gradient_checkpointing(model, mode=True):
     base.enable_input_require_grads()
     base.config.use_cache = False
     return model
+
+
+def is_checkpointing(model):
+    """Whether the model recomputes activations in the backward pass. Example: `is_checkpointing(model)`.
+
+    transformers 5.23 renamed "gradient checkpointing" to "activation checkpointing" and warns on the old
+    names; the new name is used where it exists, the old one on older versions.
+    """
+    base = _base_model(model)
+    if hasattr(type(base), "is_activation_checkpointing"):
+        return base.is_activation_checkpointing
+    return getattr(base, "is_gradient_checkpointing", False)
+
+
+def _switch_checkpointing(base, enable):
+    renamed = hasattr(base, "activation_checkpointing_enable")  # transformers >= 5.23
+    if not enable:
+        return base.activation_checkpointing_disable() if renamed else base.gradient_checkpointing_disable()
+    if renamed:
+        return base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": True})
+    return base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+
+
+def checkpoint_layers(model, recomputed_layers=None, offloaded_layers=0):
+    """Recompute the first `recomputed_layers` decoder layers (None: all), the first `offloaded_layers` of them with
+    their inputs in CPU memory; the others keep their activations. Keeps the mode "auto" for the next run.
+
+    Example: `checkpoint_layers(model, recomputed_layers=24, offloaded_layers=0)  # what a 15 GB plan may choose`
+
+    ftlib/speed/memory_budget.py chooses the numbers; each layer gives the same loss and gradients either way.
+    """
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    from ftlib.speed.offloaded_checkpoint import offloaded_checkpoint, reentrant_checkpoint
+
+    base = _base_model(model)
+    auto = getattr(base, "_ftlib_gradient_checkpointing", None) == "auto"
+    layers = [module for module in base.modules() if isinstance(module, GradientCheckpointingLayer)]
+    text_config = base.config.get_text_config() if hasattr(base.config, "get_text_config") else base.config
+    # every layer, as "offload" sets it up; also where the checkpointed blocks are not just the decoder layers
+    if recomputed_layers is None or len(layers) != getattr(text_config, "num_hidden_layers", None):
+        enable_gradient_checkpointing(model, "offload")
+    else:
+        enable_gradient_checkpointing(model, bool(recomputed_layers))
+        for index, layer in enumerate(layers):
+            layer.gradient_checkpointing = index < recomputed_layers
+            layer._gradient_checkpointing_func = (offloaded_checkpoint if index < offloaded_layers and on("offload")
+                                                  else reentrant_checkpoint)
+    if auto:
+        base._ftlib_gradient_checkpointing = "auto"
+    return model
+
+
+def trainer_checkpointing_off():
+    """The TrainingArguments setting that keeps the trainer's own checkpointing off (add_lora set it up already).
+
+    Example: `SFTConfig(**trainer_checkpointing_off())`
+
+    transformers 5.23 renamed the field `gradient_checkpointing` to `activation_checkpointing` and warns on the old one.
+    """
+    from transformers import TrainingArguments
+
+    fields = {field.name for field in dataclasses.fields(TrainingArguments)}
+    return {"activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing": False}
+
+
+@contextlib.contextmanager
+def dependencies_reading_old_checkpointing_names():
+    """While PEFT wraps a model or TRL trains, leave out the warnings their own code causes on transformers >= 5.23.
+
+    Example: `with dependencies_reading_old_checkpointing_names(): get_peft_model(model, config)`
+
+    transformers 5.23 renamed gradient checkpointing to activation checkpointing and warns on the old names.
+    PEFT 0.21 and TRL 1.16 (the newest releases) still call them: PEFT's PeftModel reads
+    `is_gradient_checkpointing`; TRL's DPO, KTO and GRPO trainers switch it off and on around their reference
+    passes. The old names live in those packages, not in ftlib or the user's code, so only those messages are
+    filtered, and only for those calls; ftlib's own code uses the new names where they exist.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`(is_)?gradient_checkpointing(_enable|_disable)?` is deprecated",
+                                category=FutureWarning)
+        yield
 
 
 def gradient_checkpointing_mode(model):

@@ -11,9 +11,10 @@ The estimate adds up what training keeps on the GPU:
 - gradients: one number per trainable number (float32 for adapters, 16-bit for full fine-tuning).
 - optimizer: AdamW keeps two numbers per trainable number: 8 bytes in float32, 2 bytes in 8-bit AdamW (`optim`).
 - activations: what the forward pass keeps for the backward pass. With gradient checkpointing only each
-  layer's input (batch x length x hidden x 2 bytes a layer) stays, in CPU memory with "offload" (add_lora's
-  default), plus one layer's working set while it is recomputed; without it, every layer's working set
-  stays. Grows linearly with batch x length.
+  layer's input (batch x length x hidden x 2 bytes a layer) stays, in CPU memory with "offload", plus one
+  layer's working set while it is recomputed; without it, every layer's working set stays. A partial plan
+  (`recomputed_layers`, `offloaded_layers`: what train's memory budget chooses, ftlib/speed/memory_budget.py)
+  lies in between. Grows linearly with batch x length.
 - overhead: the CUDA context (about 0.5 GB, outside PyTorch's own count) and allocator slack.
 
 The per-token working-set constants were fitted to the peaks benchmarks/run.py measures (benchmarks/README.md
@@ -25,7 +26,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ftlib.checks import check_checkpointing, check_positive
+from ftlib.checks import check_checkpointing, check_positive, check_range
 from ftlib.demo import DEMO_ALIAS
 from ftlib.errors import FtlibError
 
@@ -137,12 +138,19 @@ def estimate_memory(
     per_device_train_batch_size=2,  # activations grow linearly with it too; gradient accumulation costs no memory
     r=16,  # LoRA rank, 8-64: adapters are small either way, a few hundred MB at most
     target_modules=PROJECTIONS,  # the layers that get adapters
-    use_gradient_checkpointing="offload",  # add_lora's default: layer inputs in CPU memory; True: on the GPU;
-    # False: every layer's activations stay
+    use_gradient_checkpointing="offload",  # every layer recomputed, inputs in CPU memory (the leanest); True:
+    # inputs on the GPU; False: every layer's activations stay
+    recomputed_layers=None,  # a partial plan: how many decoder layers (the first ones) are recomputed, the rest
+    # keeping their activations; None = all of them with checkpointing, none without (train's memory budget sets it)
+    offloaded_layers=None,  # how many of the recomputed layers keep their input in CPU memory; None = all of them
+    # with "offload", none otherwise
     optim=None,  # train's optimizer: None = its GPU default "adamw_8bit" (2 bytes a trainable number);
     # "adamw_torch" keeps float32 state (8 bytes)
     dtype=None,  # load_model's compute precision: None = auto (16-bit on a GPU); "float32" doubles activations
     float32_upcasting=False,  # True models the plain recipe's prepare_model_for_kbit_training (fp32 norms/embeddings)
+    num_gpus=1,  # GPUs of the run, one process each (torchrun, ftlib.launch); the estimate is per GPU
+    fsdp=None,  # train's fsdp: None = DDP, a whole copy on every GPU; True (or "full_shard") splits weights,
+    # gradients and optimizer state over the GPUs; "shard_grad_op" splits gradients and optimizer state only
 ):
     """Estimate the peak GPU memory of a fine-tune before loading anything; returns a MemoryEstimate.
 
@@ -158,8 +166,11 @@ def estimate_memory(
     check_positive("per_device_train_batch_size", per_device_train_batch_size, "per_device_train_batch_size=2")
     check_positive("r", r, "r=16 (8-64 typical)")
     check_checkpointing("use_gradient_checkpointing", use_gradient_checkpointing)
+    recomputed_layers, offloaded_layers = _check_plan(shape["num_hidden_layers"], use_gradient_checkpointing,
+                                                      recomputed_layers, offloaded_layers)
     eight_bit_state = _check_optim(optim)
     dtype_bytes = _dtype_bytes(dtype)
+    _check_sharding(num_gpus, fsdp)
 
     hidden, inter, layers = shape["hidden_size"], shape["intermediate_size"], shape["num_hidden_layers"]
     vocab = shape["vocab_size"]
@@ -204,14 +215,12 @@ def estimate_memory(
     # The loss: TRL's fused head works through (up to 4,096 tokens) x (up to 32,768 words) tiles, never the
     # whole (tokens x vocabulary) logits; plus float32 copies of the final hidden states and their gradient.
     loss_working_set = min(tokens, 4096) * min(vocab, 32768) * dtype_bytes + tokens * hidden * LOSS_HIDDEN_BYTES
-    if use_gradient_checkpointing == "offload":
-        kept_inputs = OFFLOAD_IN_FLIGHT * layer_input  # a few layer inputs on their way to or from the CPU
-    elif use_gradient_checkpointing:
-        kept_inputs = layers * layer_input
-    else:
-        kept_inputs = (layers - 1) * layer_working_set
-    activations = kept_inputs + max(layer_working_set, loss_working_set)
+    activations = _activations(layers, recomputed_layers, offloaded_layers, layer_input, layer_working_set,
+                               loss_working_set)
 
+    one_layer = layer_weights / layers * WEIGHT_BYTES[method]
+    weights, adapters, gradients, optimizer_bytes = per_gpu(weights, adapters, gradients, optimizer_bytes,
+                                                            num_gpus=num_gpus, fsdp=fsdp, layer_bytes=one_layer)
     subtotal = weights + adapters + gradients + optimizer_bytes + activations
     overhead = CUDA_CONTEXT + ALLOCATOR_SLACK * subtotal
     return MemoryEstimate(
@@ -220,8 +229,74 @@ def estimate_memory(
         details={"model": shape.get("name", "model"), "method": method, "max_seq_length": max_seq_length,
                  "per_device_train_batch_size": per_device_train_batch_size, "parameters": total_weights,
                  "trainable_parameters": trainable, "use_gradient_checkpointing": use_gradient_checkpointing,
-                 "optim": optim or "adamw_8bit", "dtype_bytes": dtype_bytes, "float32_upcasting": float32_upcasting},
+                 "recomputed_layers": recomputed_layers, "offloaded_layers": offloaded_layers,
+                 "num_hidden_layers": layers,
+                 "optim": optim or "adamw_8bit", "dtype_bytes": dtype_bytes, "float32_upcasting": float32_upcasting,
+                 "num_gpus": num_gpus, "fsdp": fsdp},
     )
+
+
+def per_gpu(weights, adapters, gradients, optimizer, *, num_gpus=1, fsdp=None, layer_bytes=0.0):
+    """(weights, adapters, gradients, optimizer) bytes on each GPU of a run over `num_gpus` GPUs.
+
+    Example: `per_gpu(16e9, 0, 16e9, 16e9, num_gpus=2, fsdp=True, layer_bytes=4.4e8)`
+
+    DDP (fsdp None) keeps a whole copy on every GPU, and its communication buckets a second copy of the
+    gradients. FSDP splits what it shards into num_gpus equal parts; with "full_shard" (True) a GPU gathers
+    one decoder layer's whole weights while it computes it and the next one's in advance (2 x layer_bytes);
+    "shard_grad_op" keeps every layer's whole weights from the forward pass until the backward pass.
+    """
+    if num_gpus == 1:
+        return weights, adapters, gradients, optimizer
+    if not fsdp:
+        return weights, adapters, 2 * gradients, optimizer
+    if fsdp == "shard_grad_op":
+        return (weights / num_gpus + weights, adapters / num_gpus + adapters, gradients / num_gpus,
+                optimizer / num_gpus)
+    return (weights / num_gpus + 2 * layer_bytes, adapters / num_gpus, gradients / num_gpus, optimizer / num_gpus)
+
+
+def _check_sharding(num_gpus, fsdp):
+    check_positive("num_gpus", num_gpus, "1, or the number of GPUs the run uses (2 for Kaggle's T4 x2)")
+    if not any(fsdp is choice or (isinstance(fsdp, str) and fsdp == choice)
+               for choice in (None, False, True, "full_shard", "shard_grad_op")):
+        raise FtlibError(f"fsdp must be None, True, 'full_shard' or 'shard_grad_op', got {fsdp!r}: try fsdp=True "
+                         "(weights, gradients and optimizer state split over the GPUs) or None (a copy per GPU)")
+    if fsdp and num_gpus == 1:
+        raise FtlibError(f"fsdp={fsdp!r} splits the model over several GPUs, but num_gpus=1: pass num_gpus=2 (or "
+                         "more), or leave fsdp out for one GPU")
+
+
+def _check_plan(layers, mode, recomputed, offloaded):
+    """(recomputed layers, offloaded layers) of this plan: the numbers given, or what `mode` means for all layers."""
+    if recomputed is None:
+        recomputed = layers if mode else 0
+    if offloaded is None:
+        offloaded = recomputed if mode == "offload" else 0
+    check_range("recomputed_layers", recomputed, f"a whole number from 0 to {layers} (the model's layers)",
+                low=0, high=layers, whole=True)
+    check_range("offloaded_layers", offloaded, f"a whole number from 0 to recomputed_layers={recomputed} (only "
+                "a recomputed layer's input can wait in CPU memory)", low=0, high=recomputed, whole=True)
+    return recomputed, offloaded
+
+
+def _activations(layers, recomputed, offloaded, layer_input, working_set, loss_working_set):
+    """Activation bytes at the peak when the first `recomputed` of `layers` layers are recomputed (the first
+    `offloaded` of them with their inputs in CPU memory) and the rest keep their working sets.
+
+    The layers that keep their activations are the last ones, so the backward pass frees them before it
+    recomputes anything: the peak is at the loss (their activations, the kept inputs, the loss's working set)
+    or during a recomputation (the kept inputs and one layer's working set). A kept layer costs its working set
+    less a share of the overlap with the loss's, so that no recomputation gives the fitted total
+    (layers - 1) x working set + max(working set, loss working set) and full recomputation the fitted
+    inputs + max(working set, loss working set).
+    """
+    on_gpu_inputs = (recomputed - offloaded) + min(offloaded, OFFLOAD_IN_FLIGHT)  # the rest wait on the CPU
+    kept_inputs = on_gpu_inputs * layer_input
+    kept_layer = working_set - min(working_set, loss_working_set) / layers
+    at_the_loss = kept_inputs + (layers - recomputed) * kept_layer + loss_working_set
+    recomputing = kept_inputs + working_set if recomputed else 0
+    return max(at_the_loss, recomputing)
 
 
 def model_shape(model_name_or_config):

@@ -34,7 +34,8 @@ SMOOTHING_MIN_POINTS = 3
 class Diagnosis:
     """What `diagnose` concluded: verdict, the step it began, why, and what to change."""
 
-    verdict: str  # "healthy" | "over-fitted" | "under-fitted" | "diverged"
+    verdict: str  # "healthy" | "over-fitted" | "under-fitted" | "diverged" | "drifted" (preference runs)
+    # | "no reward" | "no learning signal" | "cut off" (GRPO runs: ftlib/training/reward_diagnosis.py)
     step: int | None  # the step where the problem began (None when healthy)
     explanation: str
     remedies: list = field(default_factory=list)
@@ -78,7 +79,9 @@ def diagnose(history):
     Checks, in order: diverged (a NaN/inf loss, or a training loss climbing well above its lowest point),
     over-fitted (held-out loss rising from its best while training loss keeps falling; without held-out
     data, a training loss near 0), under-fitted (loss ending well above the healthy 0.5-1.0 range, or barely
-    falling), else healthy. Thresholds are the constants at the top of this module.
+    falling), else healthy. Thresholds are the constants at the top of this module. A GRPO history (one that
+    logged "reward") is read by its rewards instead: no reward, no learning signal, cut off, NaN in float16
+    (ftlib/training/reward_diagnosis.py).
 
     Example:
         >>> print(diagnose(history))
@@ -104,9 +107,14 @@ def diagnose(history):
             "this history has no logged training loss to read: train with logging_steps=1 (the default) "
             "and pass the history that train() returned"
         )
+    from ftlib.training.reward_diagnosis import diagnose_rewards, is_reward_history
+
+    if is_reward_history(history):  # GRPO: its loss stays near 0 either way, so the rewards are read instead
+        return diagnose_rewards(history)
     learning_rate = max(_finite(history.learning_rate), default=None)
     return (
         _diverged(history, learning_rate)
+        or _preference_problem(history)
         or _over_fitted(history, learning_rate)
         or _under_fitted(history, learning_rate)
         or _healthy(history)
@@ -271,6 +279,45 @@ def _under_fitted(history, learning_rate):
         remedies,
         where="still learning at step" if still_falling else "",
     )
+
+
+MARGIN_MIN_GROWTH = 0.05  # a DPO/ORPO/KTO reward margin that grew less than this (beta-scaled log-probability)
+# from the first fifth of the run to the last has not learned the preference
+
+
+def _preference_problem(history):
+    """For preference runs (a logged rewards/margins): a margin that never grew, or both rewards falling.
+
+    Both rewards falling means the model lowers the chosen answer's probability too, and wins its margin
+    by pushing the rejected one down faster: it drifts from the reference instead of learning the preference.
+    """
+    steps, margins = history.metric("rewards/margins")
+    if len(margins) < 5:
+        return None
+    fifth = max(1, len(margins) // 5)
+    start, end = sum(margins[:fifth]) / fifth, sum(margins[-fifth:]) / fifth
+    learning_rate = max(_finite(history.learning_rate), default=None)
+    if end - start < MARGIN_MIN_GROWTH:
+        return Diagnosis("under-fitted", steps[-1], (
+            f"The reward margin (how much more the model prefers chosen over rejected than its reference does) went "
+            f"from {start:.3f} to {end:.3f}: it never grew, so the preference was not learned."), [
+            "A higher learning_rate (LoRA takes 10-100x a full fine-tune's) or more max_steps.",
+            "Check the pairs: chosen and rejected should differ in what you want preferred, not only in wording.",
+        ], where="by step")
+    _, chosen = history.metric("rewards/chosen")
+    _, rejected = history.metric("rewards/rejected")
+    if len(chosen) >= fifth and len(rejected) >= fifth:
+        chosen_end, rejected_end = sum(chosen[-fifth:]) / fifth, sum(rejected[-fifth:]) / fifth
+        if chosen_end < 0 and rejected_end < 0 and -chosen_end > end:
+            return Diagnosis("drifted", steps[-1], (
+                f"Both rewards fell (chosen {chosen_end:.2f}, rejected {rejected_end:.2f}): the model makes the chosen "
+                f"answers less likely too, and its margin ({end:.2f}) comes from pushing the rejected ones down faster. "
+                "It is moving away from its reference rather than learning the preference."), [
+                f"Try {_lower_rate(learning_rate, 3)}, or a higher beta "
+                "(it keeps the model closer to its reference).",
+                "Or method='orpo', whose supervised term keeps the chosen answers likely.",
+            ], where="by step")
+    return None
 
 
 def _healthy(history):

@@ -2,6 +2,11 @@
 
 from dataclasses import dataclass, field
 
+# Log entries the history keeps in its own fields, or that only describe the run's pace.
+NOT_METRICS = {"loss", "eval_loss", "learning_rate", "epoch", "step", "total_flos", "train_runtime",
+               "train_samples_per_second", "train_steps_per_second", "train_loss", "eval_runtime",
+               "eval_samples_per_second", "eval_steps_per_second"}
+
 
 @dataclass
 class TrainingHistory:
@@ -22,6 +27,11 @@ class TrainingHistory:
     seconds: float = 0.0  # wall-clock training time
     stopped_reason: str = "finished"  # finished | early_stopping | interrupted | nan_loss | ...
     best_step: int | None = None  # step of the lowest held-out loss, when there was evaluation
+    # Every other number the trainer logs, by its TRL name ("rewards/margins" for DPO, "reward" and "kl" for
+    # GRPO, "eval_rewards/accuracies", ...): {name: {"steps": [...], "values": [...]}}
+    metrics: dict = field(default_factory=dict)
+    # train's choice of recomputed and offloaded layers (ftlib/speed/memory_budget.py), None where none was made
+    memory_plan: dict | None = None
 
     @property
     def final_loss(self):
@@ -42,6 +52,20 @@ class TrainingHistory:
         if "eval_loss" in logs:
             self.eval_steps.append(step)
             self.eval_loss.append(float(logs["eval_loss"]))
+        for name, value in logs.items():
+            if name not in NOT_METRICS and isinstance(value, (int, float)) and not isinstance(value, bool):
+                series = self.metrics.setdefault(name, {"steps": [], "values": []})
+                series["steps"].append(step)
+                series["values"].append(float(value))
+
+    def metric(self, name):
+        """(steps, values) of one logged metric, e.g. history.metric("rewards/margins"); empty lists if never logged.
+
+        Example:
+            >>> steps, margins = history.metric("rewards/margins")
+        """
+        series = self.metrics.get(name, {"steps": [], "values": []})
+        return series["steps"], series["values"]
 
     def to_dict(self):
         return {name: getattr(self, name) for name in self.__dataclass_fields__}

@@ -1,4 +1,5 @@
-"""Step 6 of the guide: train, on TRL's SFTTrainer, and keep a history a plot or a diagnosis can read."""
+"""Step 6 of the guide: train, on TRL's SFTTrainer (or another method's trainer), and keep a history a plot or a
+diagnosis can read."""
 
 import math
 import os
@@ -15,11 +16,12 @@ from ftlib.checks import (check_choice, check_flag, check_positive, check_range,
                           non_finite_weights)
 from ftlib.data import ensure_formatted
 from ftlib.errors import FtlibError, FtlibPermissionError
-from ftlib.speed import acceleration
+from ftlib.speed import acceleration, memory_budget
 from ftlib.speed.offloaded_checkpoint import release_return_buffers
-from ftlib.training import safety
+from ftlib.training import distributed, safety
 from ftlib.training.devices import train_on_one_gpu
 from ftlib.training.history import TrainingHistory
+from ftlib.training.methods import METHOD_NAMES, Method
 from ftlib.training.trainer import (FtlibTrainer, HistoryCallback, ProgressCallback, keep_adapters_out_of_bfloat16,
                                     quiet_dataset_preparation)
 
@@ -31,6 +33,7 @@ def train(
     tokenizer,
     dataset,
     *,
+    method="sft",  # "sft" | "dpo" | "orpo" | "kto" | "pretrain" | "grpo": what the model learns from (see below)
     per_device_train_batch_size=2,  # 1-8: larger is faster per example but needs more memory
     gradient_accumulation_steps=4,  # effective batch = 2 x 4 = 8; raise it instead of the batch when memory is short
     max_steps=None,  # optimizer steps; None = 60, a quick first run (or num_train_epochs decides)
@@ -51,12 +54,35 @@ def train(
     seed=3407,  # same seed, same data order and dropout: runs repeat
     callbacks=None,  # extra transformers TrainerCallbacks, e.g. the notebooks' live loss plot
     optim=None,  # None = 8-bit AdamW on a GPU, AdamW on the CPU
+    memory_budget_gb=None,  # GB of GPU memory training may use; None = what the GPU has free (on a CPU: every layer
+    # recomputed, no plan). With add_lora's "auto", as few layers are recomputed as fit it less 10%: more speed the
+    # more memory (ftlib/speed/memory_budget.py); a forced mode that exceeds it is refused
     verbose=True,  # print a progress line about ten times a run (skipped when a callback shows progress itself)
+    fsdp=None,  # several processes only (torchrun, ftlib.launch): True shards weights, gradients and optimizer state
+    # over the GPUs (FSDP2), for a model one GPU cannot hold; None = DDP, a whole copy per GPU (faster when it fits)
+    beta=None,  # dpo/orpo/kto only. None = 0.1 (TRL's default for all three); 0.01-0.5: higher keeps the model closer
+    # to where it started (DPO, KTO) or weighs the preference more against plain SFT (ORPO). grpo: None = 0.04,
+    # the KL pull toward the adapters as they started; 0.0 = no reference pass (faster, nothing stops drifting)
+    embedding_learning_rate=None,  # pretrain only: the rate for trainable embeddings and output head, e.g. 1/10
+    # of learning_rate (they move every token's meaning, so they are kept gentler); None = the same rate
+    reward_functions=None,  # grpo only, and needed there: functions scoring completions, e.g. [format_reward,
+    # exact_answer_reward] from ftlib.training.rewards; GRPO adds their scores up
+    num_generations=None,  # grpo only. None = 8 completions per prompt (4-16: a steadier group mean, more
+    # generation time); it must divide per_device_train_batch_size x gradient_accumulation_steps
+    max_completion_length=None,  # grpo only. None = 256 tokens (64-1024): room to reason; step time grows with it
+    temperature=None,  # grpo only. None = 1.0 (TRL's); 0.5-1.0: lower samples nearer the greedy answer (a small or
+    # barely warmed-up model writes noise at 1.0), higher gives a group more variety to compare
 ):
     """Fine-tune `model` on `dataset` and return the loss history.
 
     `dataset` is what `format_dataset` returned (a DatasetDict's "test" split becomes the held-out set),
-    or raw rows, which are formatted first. The model learns in place; afterwards it is in eval mode.
+    or raw rows, which are formatted first. `method` picks what is learned: "sft" supervised answers;
+    "dpo", "orpo" preference pairs (prompt/chosen/rejected); "kto" single answers marked good or bad
+    (prompt/completion/label); "pretrain" raw text (a "text" column, packed into max_seq_length blocks);
+    "grpo" prompts ({"question": ..., "answer": ...}) whose generated completions reward_functions score;
+    see ftlib/training/preference.py, pretraining.py and grpo.py. Learning rates for preference methods: 5e-7 to
+    5e-6 on a full model (a preference only nudges a model that already answers), 5e-6 to 2e-4 for LoRA
+    (adapters start at zero and move less per step). The model learns in place; afterwards it is in eval mode.
     Every setting, the output folder and the model (adapters present, no NaN or inf in its weights) are
     checked before any weight changes; a step that turns the loss, gradients or weights NaN or infinite
     stops the run with the last good weights put back (see ftlib/training/safety.py).
@@ -67,15 +93,24 @@ def train(
         0.52
     """
     max_steps = _steps(max_steps, num_train_epochs)
+    check_choice("method", method, METHOD_NAMES, "'sft' (supervised answers), 'dpo' (preference pairs)")
+    method = plug_in(method)
+    options = _method_options(method, beta=beta, embedding_learning_rate=embedding_learning_rate,
+                              reward_functions=reward_functions, num_generations=num_generations,
+                              max_completion_length=max_completion_length, temperature=temperature)
     _check_settings(per_device_train_batch_size, gradient_accumulation_steps, max_steps, num_train_epochs,
                     learning_rate, warmup_steps, save_steps, eval_steps, early_stopping_patience)
     _check_more_settings(max_seq_length, logging_steps, lr_scheduler_type, weight_decay, optim, seed, output_dir,
                          resume, callbacks, verbose)
+    distributed.check_fsdp(fsdp)
     check_tokenizer(tokenizer, "train")
     max_seq_length = max_seq_length or tokenizer.model_max_length
-    train_dataset, eval_dataset = _prepare_datasets(dataset, eval_dataset, tokenizer, max_seq_length)
+    train_dataset, eval_dataset = method.prepare_datasets(dataset, eval_dataset, tokenizer, max_seq_length)
     _check_model(model)
     _check_evaluation_settings(eval_dataset, eval_steps, save_steps, early_stopping_patience)
+    memory_plan = memory_budget.plan_training(  # which layers to recompute: before any weight changes
+        model, [train_dataset], per_device_train_batch_size=per_device_train_batch_size, max_seq_length=max_seq_length,
+        optim=optim, memory_budget_gb=memory_budget_gb, verbose=verbose)
     checkpoint = _checkpoint_to_resume(output_dir) if resume else None
     by_epochs = num_train_epochs is not None
     total_steps = _planned_steps(len(train_dataset), per_device_train_batch_size, gradient_accumulation_steps,
@@ -100,19 +135,26 @@ def train(
         weight_decay=weight_decay, logging_steps=logging_steps, eval_strategy="no" if eval_dataset is None else "steps",
         eval_steps=eval_steps, save_strategy="steps" if save_steps else "no", save_steps=save_steps or 500, seed=seed,
         data_seed=seed, max_length=max_seq_length, optim=optim,
-    ) | stopping_settings)
-    history = TrainingHistory()
+    ) | stopping_settings | method.settings(options, model) | distributed.trainer_settings(model, fsdp), method)
+    history = TrainingHistory(memory_plan=memory_plan)
     guard = safety.NonFiniteLossGuard(history=history)
     shows_progress = any(getattr(callback, "shows_progress", False) for callback in callbacks or [])
-    all_callbacks = [HistoryCallback(history), guard, *(callbacks or []),
-                     *([ProgressCallback(history)] if verbose and not shows_progress else []),
+    all_callbacks = [HistoryCallback(history), guard, *distributed.progress_callbacks_here(callbacks),
+                     *([ProgressCallback(history)] if verbose and not shows_progress and distributed.is_main_process()
+                       else []),
                      *([stopper] if stopper is not None else [])]
     try:
-        with quiet_dataset_preparation(), refused_settings("the trainer"):
-            trainer = FtlibTrainer(model=model, args=train_on_one_gpu(config), train_dataset=train_dataset,
-                                   eval_dataset=eval_dataset, processing_class=tokenizer, callbacks=all_callbacks)
-        _run(trainer, model, history, checkpoint, [train_dataset, eval_dataset], max_seq_length, output_dir)
+        if method.speed_note and verbose:
+            print(method.speed_note)
+        with method.run_context(model):
+            with quiet_dataset_preparation(), refused_settings("the trainer"):
+                trainer = method.trainer_class()(
+                    model=model, args=train_on_one_gpu(config), train_dataset=train_dataset,
+                    eval_dataset=eval_dataset, processing_class=tokenizer, callbacks=all_callbacks,
+                    **method.trainer_keywords(model, options))
+            _run(trainer, model, history, checkpoint, [train_dataset, eval_dataset], max_seq_length, output_dir)
     finally:
+        method.finish(model)
         if not checkpointing:
             shutil.rmtree(trainer_dir, ignore_errors=True)
     if guard.triggered:
@@ -122,6 +164,7 @@ def train(
     if history.eval_loss:
         history.best_step = history.eval_steps[history.eval_loss.index(min(history.eval_loss))]
     model.ftlib_training = {
+        "method": method.name,
         "learning_rate": learning_rate,
         "per_device_train_batch_size": per_device_train_batch_size,
         "gradient_accumulation_steps": gradient_accumulation_steps,
@@ -139,17 +182,64 @@ def train(
     return history
 
 
-def _trainer_config(model, choices):
-    """TRL's SFTConfig: the user's choices, the settings every ftlib run shares, then the speed options."""
+def plug_in(name):
+    """The Method (ftlib/training/methods.py) that runs train(method=name): a new method adds one line here.
+
+    Example: `plug_in("dpo").config_class()  # trl.DPOConfig`
+    """
+    from ftlib.training import grpo, preference, pretraining
+
+    methods = {
+        "sft": Method("sft", config_class=_sft_config_class, trainer_class=lambda: FtlibTrainer,
+                      prepare_datasets=_prepare_datasets),
+        "dpo": preference.DPO,
+        "orpo": preference.ORPO,
+        "kto": preference.KTO,
+        "pretrain": pretraining.PRETRAIN,
+        "grpo": grpo.GRPO,
+    }
+    if name not in methods:
+        raise FtlibError(f"method={name!r} is not available in this version of ftlib: use one of {sorted(methods)}")
+    return methods[name]
+
+
+def _sft_config_class():
     from trl import SFTConfig
 
+    return SFTConfig
+
+
+def _method_options(method, **options):
+    """The method-only options of train, refusing one set for a method that would ignore it."""
+    for name, value in options.items():
+        if value is not None and name not in method.options:
+            raise FtlibError(f"{name}={value!r} has no effect with method={method.name!r}: leave it out, or pick a "
+                             f"method that reads it ({name} is read by {_readers(name)})")
+    if method.name != "grpo":  # GRPO checks its own: there beta=0.0 means no reference model
+        check_positive("beta", options["beta"], "0.1 (0.01-0.5)", allow_none=True, whole=False)
+    check_positive("embedding_learning_rate", options["embedding_learning_rate"], "a tenth of learning_rate, e.g. 2e-5",
+                   allow_none=True, whole=False)
+    return options
+
+
+def _readers(option):
+    from ftlib.training import grpo, preference, pretraining
+
+    readers = [method.name for method in (preference.DPO, preference.ORPO, preference.KTO, pretraining.PRETRAIN,
+                                          grpo.GRPO)
+               if option in method.options]
+    return " and ".join(repr(name) for name in readers)
+
+
+def _trainer_config(model, choices, method):
+    """The method's TRL config: the user's choices, the settings every ftlib run shares, then the speed options."""
     device = next(model.parameters()).device
     model_dtype = _compute_dtype(model)
     settings = dict(
         choices,
         bf16=device.type == "cuda" and model_dtype == torch.bfloat16,
         fp16=device.type == "cuda" and model_dtype == torch.float16,
-        gradient_checkpointing=False,  # add_lora already set it up the way the user chose
+        **acceleration.trainer_checkpointing_off(),  # add_lora already set it up the way the user chose
         report_to="none",
         disable_tqdm=True,  # the history, the notebooks' live plot and our own progress line report instead
         dataloader_num_workers=0,
@@ -160,8 +250,9 @@ def _trainer_config(model, choices):
     settings.update(acceleration.trainer_settings(model))  # may replace defaults above (e.g. max_length)
     if optim is not None:
         settings["optim"] = optim
-    with refused_settings("TRL's SFTConfig"):
-        config = SFTConfig(**settings)
+    config_class = method.config_class()
+    with refused_settings(f"TRL's {config_class.__name__}"):
+        config = config_class(**settings)
     acceleration.fuse_lora(model)
     return config
 
@@ -192,7 +283,9 @@ def _run(trainer, model, history, checkpoint, datasets, max_seq_length, output_d
     model.config.use_cache = False  # the generation cache only costs memory while training
     started = time.perf_counter()
     try:
-        with acceleration.attention_suited_to(model, datasets, max_seq_length):
+        tokenized = [dataset for dataset in datasets if dataset is not None and "input_ids" in dataset.column_names]
+        with acceleration.attention_suited_to(model, tokenized, max_seq_length), \
+                acceleration.dependencies_reading_old_checkpointing_names():
             trainer.train(resume_from_checkpoint=checkpoint)
     except KeyboardInterrupt:
         history.stopped_reason = safety.STOPPED_INTERRUPTED
@@ -200,6 +293,8 @@ def _run(trainer, model, history, checkpoint, datasets, max_seq_length, output_d
         print(safety.interrupt_message(trainer.state.global_step, trainer.state.max_steps, output_dir,
                                        safety.last_checkpoint(output_dir) if saved else None))
     except Exception as error:
+        if distributed.collective_failure(error) is not None:  # another process died or hung
+            raise distributed.collective_failure(error) from error
         if safety.is_out_of_memory(error):
             raise safety.out_of_memory_error(error, _memory_settings(model, trainer.args)) from error
         if isinstance(error, OSError):  # a checkpoint could not be written: the disk filled up, say

@@ -367,10 +367,13 @@ def out_of_memory_message(settings, figures=None):
         )
     checkpointing = settings.get("use_gradient_checkpointing")
     if checkpointing is False:
-        lines.append('  - add_lora(..., use_gradient_checkpointing="offload") (the default): recompute activations instead '
+        lines.append('  - add_lora(..., use_gradient_checkpointing="offload"): recompute activations instead '
                      "of storing them (~25% slower), with each layer's input kept in CPU memory.")
     elif checkpointing is True:
         lines.append('  - add_lora(..., use_gradient_checkpointing="offload"): keep the checkpointed activations in CPU memory.')
+    elif checkpointing == "auto":
+        lines.append("  - train(..., memory_budget_gb=...) below the GPU's memory, so more layers are recomputed, or "
+                     'add_lora(..., use_gradient_checkpointing="offload"): every layer recomputed, inputs in CPU memory.')
     if settings.get("full_finetuning"):
         lines.append("  - LoRA instead of a full fine-tune: load_model(..., full_finetuning=False) then add_lora(model); "
                      "the optimizer then stores state for under 1% of the weights.")

@@ -1,0 +1,135 @@
+"""Notebook 04's panel in a real browser: JupyterLab on a local port, Debian's Chromium driven by Playwright.
+
+The test runs the notebook's cells up to the one that prints the panel's values (the training cells are left
+out: the point is the widgets), drags the learning-rate slider with the mouse, raises the LoRA rank with the
+arrow keys, runs that next cell again and reads the new values in its output. Screenshots of the panel before
+and after are kept in outputs/test-artifacts/ (FTLIB_TEST_ARTIFACTS overrides the folder) for CI to keep.
+
+Needs `apt-get install -y chromium` (.ci/run installs it) and playwright (the dev extra); Playwright's own
+browser download is not used.
+"""
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = Path(os.environ.get("FTLIB_TEST_ARTIFACTS", ROOT / "outputs" / "test-artifacts"))
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run"]
+TOKEN = "ftlib-browser-test"
+
+
+def _panel_notebook(folder):
+    """Notebook 04 from its source, cut after the cell that prints the panel's values."""
+    sys.path.insert(0, str(ROOT / "notebooks"))
+    from execute import build
+
+    notebook = build(next((ROOT / "notebooks").glob("04_*.py")))
+    end = next(index for index, cell in enumerate(notebook.cells)
+               if cell.cell_type == "code" and "panel.describe()" in cell.source)
+    notebook.cells = notebook.cells[:end + 1]
+    nbformat.write(notebook, folder / "04.ipynb")
+
+
+def _free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def jupyterlab(tmp_path):
+    """A JupyterLab server on a free local port serving the cut notebook; yields its base URL."""
+    _panel_notebook(tmp_path)
+    port = _free_port()
+    environment = dict(os.environ, JUPYTER_CONFIG_DIR=str(tmp_path / "config"), OMP_NUM_THREADS="1")
+    log = open(tmp_path / "server.log", "w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--allow-root", f"--port={port}",
+         "--ServerApp.ip=127.0.0.1", f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={tmp_path}",
+         f"--LabApp.workspaces_dir={tmp_path / 'workspaces'}"],
+        env=environment, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/api/status?token={TOKEN}", timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None and time.time() < deadline, (tmp_path / "server.log").read_text()
+                time.sleep(0.5)
+        yield base
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
+
+
+def _slider(page, label):
+    return page.locator(".widget-hslider").filter(has=page.locator(".widget-label", has_text=label))
+
+
+def _printed(text, label):
+    return re.search(rf"^\s*{re.escape(label)} = (\S+)", text, re.M).group(1)
+
+
+@pytest.mark.slow
+def test_moving_the_panel_in_a_browser_feeds_the_next_cell(jupyterlab):
+    assert Path(CHROMIUM).exists(), "the browser test needs Debian's Chromium: apt-get install -y chromium"
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(f"{jupyterlab}/lab/tree/04.ipynb?token={TOKEN}")
+            page.get_by_text("| Idle").wait_for(timeout=120_000)  # the kernel is up
+            page.get_by_role("menuitem", name="Run", exact=True).click()
+            page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+            cell = page.locator(".jp-CodeCell").filter(has_text="panel.describe()")  # the panel's next cell
+            output = cell.locator(".jp-OutputArea")
+            output.get_by_text("learning rate =").wait_for(timeout=180_000)
+            before = output.inner_text()
+            learning_rate, rank = _slider(page, "learning rate"), _slider(page, "LoRA rank r")
+            learning_rate.scroll_into_view_if_needed()
+            page.screenshot(path=ARTIFACTS / "04_panel_before.png")
+
+            handle = learning_rate.locator(".noUi-handle").bounding_box()  # drag it to the right with the mouse
+            x, y = handle["x"] + handle["width"] / 2, handle["y"] + handle["height"] / 2
+            page.mouse.move(x, y)
+            page.mouse.down()
+            page.mouse.move(x + 25, y, steps=5)
+            page.mouse.up()
+            rank.locator(".noUi-handle").focus()  # four steps up with the keyboard: 16 -> 20
+            for _ in range(4):
+                page.keyboard.press("ArrowRight")
+            shown_rate = float(learning_rate.locator(".widget-readout").inner_text())
+
+            cell.locator(".jp-InputArea-editor").click()
+            page.keyboard.press("Control+Enter")  # run it again in place
+            page.wait_for_function(  # the old output is cleared first, then the new one printed
+                "([element, old]) => element.innerText.includes('effective batch') && element.innerText !== old",
+                                   arg=[output.element_handle(), before], timeout=60_000)
+            after = output.inner_text()
+            page.screenshot(path=ARTIFACTS / "04_panel_after.png")
+        finally:
+            browser.close()
+
+    assert _printed(before, "learning rate") == "2e-03" and _printed(before, "LoRA rank r") == "16"
+    assert shown_rate > 2e-3  # the slider moved right
+    assert float(_printed(after, "learning rate")) == float(f"{shown_rate:.0e}")  # the cell read what the slider shows
+    assert _printed(after, "LoRA rank r") == "20"
+    assert (ARTIFACTS / "04_panel_after.png").stat().st_size > 10_000
