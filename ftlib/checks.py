@@ -124,8 +124,8 @@ def check_checkpointing(name, value, auto=False):
     """
     modes = CHECKPOINTING_MODES + (("auto",) if auto else ())
     if not any(value is mode or (isinstance(mode, str) and value == mode) for mode in modes):
-        first = ("'auto' (the default: as few layers recomputed as the GPU's memory allows), 'offload' (every layer "
-                 "recomputed, least GPU memory)" if auto else "'offload' (every layer recomputed, least GPU memory)")
+        first = ("'offload' (the default: every layer recomputed, least GPU memory), 'auto' (as few layers "
+                 "recomputed as the GPU's memory allows)" if auto else "'offload' (every layer recomputed, least GPU memory)")
         named = "'auto', True, False or 'offload'" if auto else "True, False or 'offload'"
         raise FtlibError(f"{name} must be {named}, got {value!r}: try "
                          f"{first}, True (layer inputs stay on the GPU, a little faster) or False "

@@ -18,9 +18,9 @@ def add_lora(
     lora_dropout=0.0,  # 0-0.1: a little dropout fights over-fitting on small datasets; 0 is fastest
     target_modules=ALL_PROJECTIONS,  # which linear layers get adapters; fewer = fewer parameters
     use_rslora=False,  # rank-stabilised scaling alpha/sqrt(r): helps at high ranks (64+)
-    use_gradient_checkpointing="auto",  # "auto": train recomputes as few layers as the GPU's memory allows (a CPU:
-    # all); forced modes: "offload" recomputes every layer (~25% more time, much less memory), inputs kept in CPU
-    # memory; True keeps them on the GPU (32 x 33.5 MB for 8B at 2 x 2048); False recomputes nothing: fastest
+    use_gradient_checkpointing="offload",  # recompute every layer (~25% more time, much less memory), inputs kept in
+    # CPU memory on a GPU; "auto": train recomputes only as many layers as the GPU's memory needs (train's
+    # memory_budget_gb caps it); True keeps inputs on the GPU (32 x 33.5 MB for 8B at 2 x 2048); False: fastest
     seed=3407,  # the adapters' initial weights: the same seed gives the same start, so runs repeat exactly
 ):
     """Attach LoRA adapters to `model`, freeze everything else, and report what will train.

@@ -155,7 +155,7 @@ def load_tokenizer(source, max_seq_length=2048, token=None, trust_remote_code=Fa
     """Load a tokenizer and fix what fine-tuning needs: a pad token, an EOS token, right padding.
 
     EOS becomes the chat template's end-of-turn token when that is one token and the tokenizer named
-    another (a GGUF conversion may say '<|im_start|>' where ChatML ends turns with '<|im_end|>').
+    another (a tokenizer may say '<|endoftext|>' or '<|im_start|>' where ChatML ends turns with '<|im_end|>').
 
     Example:
         >>> tokenizer = load_tokenizer("ftlib-tiny")

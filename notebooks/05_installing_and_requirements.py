@@ -137,10 +137,10 @@ for size in COMMON_SIZES:
 # the effective batch, shorten `max_seq_length`, or pick a smaller model.
 #
 # When it fits with room to spare, the room buys speed. Gradient checkpointing recomputes each layer in the
-# backward pass instead of keeping its activations: much less memory, about a quarter more time. So
-# `train` recomputes only as many layers as the GPU's memory needs (add_lora's default
-# `use_gradient_checkpointing="auto"`), and prints its choice. The same calculation, for a GPU size you
-# pick (nothing is loaded):
+# backward pass instead of keeping its activations: much less memory, about a quarter more time. ftlib's
+# default recomputes every layer; with `add_lora(..., use_gradient_checkpointing="auto")`, `train` recomputes
+# only as many layers as the GPU's memory needs, and prints its choice. The same calculation, for a GPU size
+# you pick (nothing is loaded):
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -155,9 +155,9 @@ for model_name in ("llama-3.2-1b", "llama-3.1-8b"):
 # %% [markdown]
 # A 1B model fits a T4 without recomputing anything; an 8B model recomputes most of its 32 layers, and on an
 # 80 GB GPU none. Each plan leaves 10% of the memory spare, since the estimate is approximate; the loss and
-# gradients are the same whichever layers are recomputed. `train(..., memory_budget_gb=12)` caps the memory a
-# run may use (a GPU shared with something else), and `add_lora(..., use_gradient_checkpointing="offload")`
-# forces the leanest setting: every layer recomputed, its input waiting in CPU memory.
+# gradients are the same whichever layers are recomputed. With "auto", `train(..., memory_budget_gb=12)` caps
+# the memory a run may use (a GPU shared with something else); the default, "offload", is the leanest setting:
+# every layer recomputed, its input waiting in CPU memory.
 #
 # ## 3. Installing
 #

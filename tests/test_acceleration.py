@@ -128,7 +128,7 @@ def test_bad_checkpointing_mode_names_the_choices(tiny_model):
         acceleration.enable_gradient_checkpointing(model, "sometimes")
     from ftlib import add_lora
 
-    with pytest.raises(FtlibError, match="got 1: try 'auto'"):  # 1 is not True: a typo, not a mode
+    with pytest.raises(FtlibError, match="got 1: try 'offload'"):  # 1 is not True: a typo, not a mode
         add_lora(model, use_gradient_checkpointing=1)
     assert not hasattr(model, "peft_config") and not acceleration.is_checkpointing(model)  # the model is untouched
 

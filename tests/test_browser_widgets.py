@@ -5,8 +5,9 @@ out: the point is the widgets), drags the learning-rate slider with the mouse, r
 arrow keys, runs that next cell again and reads the new values in its output. Screenshots of the panel before
 and after are kept in outputs/test-artifacts/ (FTLIB_TEST_ARTIFACTS overrides the folder) for CI to keep.
 
-Needs `apt-get install -y chromium` (.ci/run installs it) and playwright (the dev extra); Playwright's own
-browser download is not used.
+Needs Debian's Chromium (`apt-get install -y chromium`) and playwright (the dev extra); Playwright's own browser
+download is not used. Where Chromium is missing the test is skipped, unless FTLIB_REQUIRE_BROWSER=1 (set by
+.ci/run, which installs it) makes that a failure.
 """
 
 import os
@@ -24,7 +25,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = Path(os.environ.get("FTLIB_TEST_ARTIFACTS", ROOT / "outputs" / "test-artifacts"))
-CHROMIUM = "/usr/bin/chromium"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+BROWSER_REQUIRED = os.environ.get("FTLIB_REQUIRE_BROWSER") == "1"
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                   "--disable-sync", "--no-first-run"]
 TOKEN = "ftlib-browser-test"
@@ -51,6 +53,11 @@ def _free_port():
 @pytest.fixture
 def jupyterlab(tmp_path):
     """A JupyterLab server on a free local port serving the cut notebook; yields its base URL."""
+    if not Path(CHROMIUM).exists():  # checked before the server starts
+        message = "the browser test needs Debian's Chromium: apt-get install -y chromium"
+        if BROWSER_REQUIRED:
+            pytest.fail(message)
+        pytest.skip(message)
     _panel_notebook(tmp_path)
     port = _free_port()
     environment = dict(os.environ, JUPYTER_CONFIG_DIR=str(tmp_path / "config"), OMP_NUM_THREADS="1")
@@ -87,7 +94,6 @@ def _printed(text, label):
 
 @pytest.mark.slow
 def test_moving_the_panel_in_a_browser_feeds_the_next_cell(jupyterlab):
-    assert Path(CHROMIUM).exists(), "the browser test needs Debian's Chromium: apt-get install -y chromium"
     from playwright.sync_api import sync_playwright
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)

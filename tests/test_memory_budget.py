@@ -157,7 +157,8 @@ def test_k_of_n_layers_recomputed_give_the_same_loss_and_gradients(shape):
     else:
         base, _ = load_model("ftlib-tiny", load_in_4bit=False, max_seq_length=128)
     layers = base.config.num_hidden_layers
-    model = add_lora(base, r=8, lora_alpha=16, lora_dropout=0.1)  # dropout: the recomputation draws the same mask
+    # dropout: the recomputation draws the same mask
+    model = add_lora(base, r=8, lora_alpha=16, lora_dropout=0.1, use_gradient_checkpointing="auto")
     assert acceleration.gradient_checkpointing_mode(model) == "auto"
     input_ids = torch.randint(3, base.config.vocab_size, (2, 24), generator=torch.Generator().manual_seed(1))
     results = {}
@@ -205,7 +206,7 @@ def _train(model, tokenizer, rows, **options):
 def test_train_recomputes_what_the_budget_needs_with_the_same_losses(tiny_model, tiny_rows, capsys):
     model, tokenizer = tiny_model
     forced = add_lora(copy.deepcopy(model), r=8, use_gradient_checkpointing=True)
-    model = add_lora(model, r=8)
+    model = add_lora(model, r=8, use_gradient_checkpointing="auto")
     budget = _budget_between(model, tiny_rows, recomputed=2)
     history = _train(model, tokenizer, tiny_rows, memory_budget_gb=budget)
     assert f"recomputing 2 of 4 layers to fit {budget:.1f} GB" in capsys.readouterr().out
@@ -218,7 +219,7 @@ def test_train_recomputes_what_the_budget_needs_with_the_same_losses(tiny_model,
 
 def test_train_on_a_cpu_without_a_budget_recomputes_every_layer_and_says_nothing(tiny_model, tiny_rows, capsys):
     model, tokenizer = tiny_model
-    model = add_lora(model, r=8)
+    model = add_lora(model, r=8, use_gradient_checkpointing="auto")
     history = _train(model, tokenizer, tiny_rows)
     assert "recomputing" not in capsys.readouterr().out
     assert history.memory_plan is None and "memory_plan" not in model.ftlib_settings
@@ -227,7 +228,7 @@ def test_train_on_a_cpu_without_a_budget_recomputes_every_layer_and_says_nothing
 
 def test_a_budget_too_small_stops_train_before_any_weight_changes(tiny_model, tiny_rows):
     model, tokenizer = tiny_model
-    model = add_lora(model, r=8)
+    model = add_lora(model, r=8, use_gradient_checkpointing="auto")
     before = {name: parameter.detach().clone() for name, parameter in model.named_parameters()}
     with pytest.raises(FtlibError, match="per_device_train_batch_size=1"):
         _train(model, tokenizer, tiny_rows, memory_budget_gb=0.1)  # less than the CUDA context alone
@@ -256,7 +257,7 @@ def test_plan_training_leaves_a_forced_mode_alone(tiny_model, tiny_rows):
 
 def test_each_recomputed_layer_keeps_less_for_the_backward_pass():
     """What the forward pass saves for the backward pass shrinks with every layer recomputed, as the estimate says."""
-    model = add_lora(_deeper_model(), r=8)
+    model = add_lora(_deeper_model(), r=8, use_gradient_checkpointing="auto")
     input_ids = torch.randint(3, 256, (2, 64), generator=torch.Generator().manual_seed(2))
     saved = []
     for recomputed in range(7):
@@ -277,7 +278,7 @@ def test_without_an_explicit_budget_the_gpus_memory_is_the_budget_and_too_little
                                                                                               monkeypatch):
     from ftlib.speed import memory_budget
 
-    model = add_lora(tiny_model[0], r=8)
+    model = add_lora(tiny_model[0], r=8, use_gradient_checkpointing="auto")
     options = dict(per_device_train_batch_size=2, max_seq_length=128, optim=None, on_gpu=True)
     monkeypatch.setattr(memory_budget, "gpu_budget_gb", lambda: 80.0)
     roomy = memory_budget.plan_for_model(model, **options)
@@ -293,7 +294,7 @@ def test_without_an_explicit_budget_the_gpus_memory_is_the_budget_and_too_little
 def test_a_model_the_estimate_does_not_know_keeps_every_layer_recomputed(tiny_model, monkeypatch):
     from ftlib.speed import memory_budget
 
-    model = add_lora(tiny_model[0], r=8)
+    model = add_lora(tiny_model[0], r=8, use_gradient_checkpointing="auto")
     known = memory_budget.estimate_options
     monkeypatch.setattr(memory_budget, "estimate_options",
                         lambda *arguments: dict(known(*arguments), target_modules=("c_attn",)))  # GPT-2's name

@@ -173,7 +173,7 @@ def test_gpu_without_internet_uses_the_real_offline_model_or_the_tiny_one_for_ma
     no_override.setattr(model_choice, "_has_gpu", lambda: True)
     no_override.setattr(model_choice, "hub_reachable", lambda timeout=2.0: False)
     once = choose_model()
-    assert once.name == CPU_MODEL and once.load_in_4bit and once.use_gradient_checkpointing == "auto"
+    assert once.name == CPU_MODEL and once.load_in_4bit and once.use_gradient_checkpointing == "offload"
     assert "no connection to the Hugging Face Hub" in once.reason
     assert choose_model(runs="many").name == TINY_MODEL
 

@@ -224,11 +224,14 @@ def test_eos_agrees_with_the_end_of_turn_in_tokenizer_configs_and_training_text(
 
 
 @pytest.mark.slow
-def test_the_eos_fix_is_said_in_one_line(smollm2_first_load):
-    notes = [line for line in smollm2_first_load.printed.splitlines() if "EOS" in line]
-    assert notes == [
-        "note: EOS set to '<|im_end|>' (id 2), the chat template's end of turn; the tokenizer said '<|im_start|>'"
-    ]
+def test_the_cached_copy_keeps_the_eos_the_gguf_header_names(smollm2_first_load):
+    """transformers' GGUF conversion calls '<|im_start|>' EOS; the header says id 2, '<|im_end|>', and the copy keeps
+    that, so load_model has nothing to correct (no EOS note) and the copy's own files agree."""
+    from transformers import AutoTokenizer
+
+    assert not [line for line in smollm2_first_load.printed.splitlines() if "EOS" in line]
+    copy = gguf_cache.cache_folder(smollm2_gguf_path())
+    assert AutoTokenizer.from_pretrained(copy).eos_token == "<|im_end|>" == smollm2_first_load.tokenizer.eos_token
 
 
 @pytest.mark.slow

@@ -222,7 +222,7 @@ def test_out_of_memory_message_names_figures_and_fixes_for_the_settings():
     assert "per_device_train_batch_size=4 with gradient_accumulation_steps=2" in message
     assert "max_seq_length=2048" in message
     assert "load_in_4bit=True" in message
-    assert "use_gradient_checkpointing=\"offload\"): recompute activations" in message
+    assert "use_gradient_checkpointing=\"offload\") (the default)" in message
     assert "r=16" in message
 
     quantised = safety.out_of_memory_message(

@@ -60,9 +60,9 @@ class ModelChoice:
 
     @property
     def use_gradient_checkpointing(self):
-        """For add_lora: on a GPU, recompute as many layers as its memory needs ("auto", train's memory budget);
-        a CPU has memory to spare, so recomputing would only cost time (about a quarter of each step)."""
-        return "auto" if self.on_gpu and not self.tiny else False
+        """For add_lora: recompute activations on a GPU, where memory is short; a CPU has memory to spare,
+        so recomputing would only cost time (about a quarter of each step)."""
+        return "offload" if self.on_gpu and not self.tiny else False
 
     def __repr__(self):
         four_bit = "4-bit" if self.load_in_4bit else "16/32-bit"

@@ -19,7 +19,7 @@ What ftlib does on a CUDA GPU, and why:
   input copied to CPU memory and back without the CPU waiting, which frees most of the GPU memory the layer
   inputs took (an 8B model at 2 x 2,048 tokens keeps 32 of them, 33.5 MB each; two return buffers stay).
   Neither needs float32 inputs. Only as many layers as the GPU's memory needs are recomputed, the rest keep
-  their activations (add_lora's default "auto"; ftlib/speed/memory_budget.py chooses, `checkpoint_layers` applies).
+  their activations (add_lora's "auto"; ftlib/speed/memory_budget.py chooses, `checkpoint_layers` applies).
 - Padding-free batching, where asked: sequences of a batch are laid end to end instead of padded to the
   longest, so no compute is spent on padding (the attention mask keeps them apart).
 - 8-bit AdamW: optimizer state in 2 bytes per trainable number instead of 8.

@@ -367,7 +367,7 @@ def out_of_memory_message(settings, figures=None):
         )
     checkpointing = settings.get("use_gradient_checkpointing")
     if checkpointing is False:
-        lines.append('  - add_lora(..., use_gradient_checkpointing="offload"): recompute activations instead '
+        lines.append('  - add_lora(..., use_gradient_checkpointing="offload") (the default): recompute activations instead '
                      "of storing them (~25% slower), with each layer's input kept in CPU memory.")
     elif checkpointing is True:
         lines.append('  - add_lora(..., use_gradient_checkpointing="offload"): keep the checkpointed activations in CPU memory.')
