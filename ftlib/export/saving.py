@@ -16,7 +16,6 @@ in the folder is yours and is kept. `load_model(folder)` reads any save back.
 import ctypes
 import errno
 import fnmatch
-import functools
 import glob
 import hashlib
 import json
@@ -37,6 +36,7 @@ from ftlib.export.gguf import gguf_plan
 from ftlib.export import hub
 from ftlib.export.merged import is_peft, write_merged
 from ftlib.export.ollama import chat_template_parts, write_ollama_files
+from ftlib.training.distributed import written_by_main_process
 
 METHODS = ("lora", "merged_16bit", "ollama", "gguf")
 
@@ -513,21 +513,7 @@ def model_card(model, method, base, dtype=None):
 # ----------------------------------------------------------------------------- save
 
 
-def _written_by_main_process(function):
-    """Under torchrun or ftlib.launch, rank 0 writes the one copy and the other processes wait for it."""
-
-    @functools.wraps(function)
-    def on_main_process(*args, **kwargs):
-        if int(os.environ.get("WORLD_SIZE") or 1) > 1:
-            from ftlib.training.distributed import written_by_main_process
-
-            return written_by_main_process(function)(*args, **kwargs)
-        return function(*args, **kwargs)
-
-    return on_main_process
-
-
-@_written_by_main_process
+@written_by_main_process  # under torchrun or ftlib.launch, rank 0 writes the one copy and the others wait for it
 def save(
     model,
     tokenizer,
